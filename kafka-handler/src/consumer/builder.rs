@@ -1,0 +1,289 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::ExponentialBuilder;
+use tokio::sync::Semaphore;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use super::lane::{BoxedService, LaneConfig};
+use super::{Consumer, Ordering};
+use crate::config::KafkaConfig;
+use crate::outcome::BoxError;
+use crate::{Error, Handler, HandlerError, Record};
+
+/// Configures a [`Consumer`].
+///
+/// Settings come from code and from the environment:
+/// [`from_env`](ConsumerBuilder::from_env) reads `KAFKA_BOOTSTRAP_SERVERS` and
+/// passes every `KAFKA_CONFIG_<NAME>` variable to librdkafka as `<name>`
+/// (lowercased, `_` → `.`). Later calls override earlier ones.
+///
+/// Defaults: at-least-once offsets (`enable.auto.offset.store=false`, finished
+/// offsets committed every second and on revoke and shutdown),
+/// `auto.offset.reset=earliest`, the `cooperative-sticky` assignor (unless
+/// `group.protocol=consumer`, KIP-848, is chosen), [`Ordering::Partition`],
+/// 256 handler calls in flight, 10,000 records buffered.
+#[must_use]
+pub struct ConsumerBuilder {
+    config: KafkaConfig,
+    topics: Vec<String>,
+    ordering: Ordering,
+    max_in_flight: usize,
+    max_buffered: Option<usize>,
+    shutdown_timeout: Duration,
+    revoke_timeout: Duration,
+    backoff: ExponentialBuilder,
+    shared: http::Extensions,
+    service: Option<BoxedService>,
+    subscription: Option<crate::__private::Subscription>,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("config", &self.config)
+            .field("topics", &self.topics)
+            .field("ordering", &self.ordering)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    pub(super) fn new() -> Self {
+        Self {
+            config: KafkaConfig::default(),
+            topics: Vec::new(),
+            ordering: Ordering::default(),
+            max_in_flight: 256,
+            max_buffered: None,
+            shutdown_timeout: Duration::from_secs(30),
+            revoke_timeout: Duration::from_secs(10),
+            backoff: ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times(),
+            shared: http::Extensions::new(),
+            service: None,
+            subscription: None,
+        }
+    }
+
+    /// Reads the brokers and librdkafka settings from the environment.
+    pub fn from_env(mut self) -> Self {
+        self.config.merge_env();
+        self
+    }
+
+    /// The brokers to bootstrap from, `host:port[,host:port…]`.
+    pub fn bootstrap_servers(mut self, servers: impl Into<String>) -> Self {
+        self.config.set("bootstrap.servers", servers);
+        self
+    }
+
+    /// The consumer group. Each group handles every record once.
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.config.set("group.id", group);
+        self
+    }
+
+    /// Adds a topic to subscribe to.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Adds topics to subscribe to.
+    pub fn topics<I: IntoIterator<Item = S>, S: Into<String>>(mut self, topics: I) -> Self {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets any librdkafka consumer setting.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.set(key, value);
+        self
+    }
+
+    /// Which records are handled one after another (default: per partition).
+    pub fn ordering(mut self, ordering: Ordering) -> Self {
+        self.ordering = ordering;
+        self
+    }
+
+    /// How many handler calls may run at once in this consumer (Spring's
+    /// `concurrency`; default 256). In [`Ordering::Partition`] mode at most one
+    /// per partition runs anyway.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How many records may be fetched and not yet finished before the consumer
+    /// pauses fetching (default: the larger of 10,000 and 4 × `max_in_flight`).
+    /// This bounds memory whatever the backlog.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        self.max_buffered = Some(n.max(1));
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight records (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a revoked partition's in-flight records may take to finish
+    /// before they are abandoned uncommitted (default 10 s).
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.revoke_timeout = timeout;
+        self
+    }
+
+    /// The backoff for retryable failures that no retry middleware handled:
+    /// the runtime retries them in place, forever, holding the record's lane
+    /// (default: 100 ms doubling to 10 s, with jitter).
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = self.backoff.with_min_delay(min).with_max_delay(max);
+        self
+    }
+
+    /// Shares `value` with handlers through the
+    /// [`State`](crate::extract::State) extractor.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.shared.insert(value);
+        self
+    }
+
+    /// The handler. A handler made with `#[handler(..)]` also brings its topics
+    /// and group, unless they were set on the builder.
+    pub fn handler<H: Handler<T>, T: 'static>(mut self, handler: H) -> Self {
+        self.subscription = handler.__subscription();
+        self.service = Some(BoxCloneSyncService::new(handler.into_service()));
+        self
+    }
+
+    /// A [`tower::Service`] as the handler. Errors are classified by
+    /// [`HandlerError::from_error`].
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Record, Response = ()> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(BoxCloneSyncService::new(service.map_err(HandlerError::from_error)));
+        self
+    }
+
+    /// Wraps the handler set so far in a tower layer.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxedService>,
+        L::Service: Service<Record, Response = ()> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Record>>::Error: Into<BoxError>,
+        <L::Service as Service<Record>>::Future: Send + 'static,
+    {
+        if let Some(inner) = self.service.take() {
+            let subscription = self.subscription.take();
+            self = self.service(layer.layer(inner));
+            self.subscription = subscription;
+        }
+        self
+    }
+
+    /// Checks the configuration and builds the consumer.
+    pub fn build(mut self) -> Result<Consumer, Error> {
+        let service = self
+            .service
+            .take()
+            .ok_or_else(|| Error::Config("no handler: call `.handler(..)` or `.service(..)`".into()))?;
+        if let Some(sub) = &self.subscription {
+            if self.topics.is_empty() {
+                self.topics.extend(sub.topics.iter().map(|t| (*t).to_owned()));
+            }
+            if let (None, Some(group)) = (self.config.get("group.id"), sub.group) {
+                self.config.set("group.id", group);
+            }
+        }
+        let group_id = self
+            .config
+            .get("group.id")
+            .ok_or_else(|| Error::Config("no consumer group: call `.group_id(..)`".into()))?
+            .to_owned();
+        if self.topics.is_empty() {
+            return Err(Error::Config("no topic: call `.topic(..)`".into()));
+        }
+        if self.config.get("bootstrap.servers").is_none() {
+            return Err(Error::Config(
+                "no brokers: call `.bootstrap_servers(..)` or set KAFKA_BOOTSTRAP_SERVERS with `.from_env()`".into(),
+            ));
+        }
+        for (key, expected) in [("enable.auto.offset.store", "false"), ("enable.auto.commit", "true")] {
+            if self.config.get(key).is_some_and(|v| v != expected) {
+                return Err(Error::Config(format!(
+                    "`{key}` must stay `{expected}`: the runtime stores only finished offsets"
+                )));
+            }
+        }
+        self.config.set("enable.auto.offset.store", "false");
+        self.config.set_default("enable.auto.commit", "true");
+        self.config.set_default("auto.commit.interval.ms", "1000");
+        self.config.set_default("auto.offset.reset", "earliest");
+        self.config.set_default("enable.partition.eof", "false");
+        if self.config.get("group.protocol") != Some("consumer") {
+            self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
+        }
+        let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
+        Ok(Consumer {
+            config: self.config,
+            topics: self.topics,
+            group_id,
+            ordering: self.ordering,
+            lane: LaneConfig {
+                service,
+                in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+                backoff: self.backoff,
+            },
+            shared: Arc::new(self.shared),
+            max_buffered,
+            shutdown_timeout: self.shutdown_timeout,
+            revoke_timeout: self.revoke_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let err = Consumer::builder().build().unwrap_err();
+        assert!(err.to_string().contains("no handler"), "{err}");
+        let err = Consumer::builder().handler(|| async {}).topic("t").bootstrap_servers("b").build().unwrap_err();
+        assert!(err.to_string().contains("no consumer group"), "{err}");
+        let err = Consumer::builder()
+            .handler(|| async {})
+            .group_id("g")
+            .topic("t")
+            .bootstrap_servers("b")
+            .set("enable.auto.offset.store", "true")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("enable.auto.offset.store"), "{err}");
+    }
+
+    #[test]
+    fn kip_848_leaves_the_assignor_to_the_broker() {
+        let c = Consumer::builder()
+            .handler(|| async {})
+            .group_id("g")
+            .topic("t")
+            .bootstrap_servers("b")
+            .set("group.protocol", "consumer")
+            .build()
+            .unwrap();
+        assert_eq!(c.config.get("partition.assignment.strategy"), None);
+    }
+}

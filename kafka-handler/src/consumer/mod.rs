@@ -1,0 +1,203 @@
+//! The consumer runtime: runs a handler in a consumer group, at least once.
+
+mod builder;
+mod lane;
+mod offsets;
+mod poll_loop;
+mod scheduler;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::TopicPartitionList;
+
+pub use self::builder::ConsumerBuilder;
+use self::lane::LaneConfig;
+use self::scheduler::{Scheduler, SchedulerConfig};
+use crate::config::KafkaConfig;
+use crate::Error;
+
+/// Which records a consumer handles one after another.
+///
+/// Whatever the mode, an offset is committed only when it and every record
+/// before it in its partition have finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ordering {
+    /// Records of a partition in offset order; partitions in parallel.
+    #[default]
+    Partition,
+    /// Records with the same key in offset order; different keys in parallel,
+    /// up to [`max_in_flight`](ConsumerBuilder::max_in_flight) at once, however
+    /// few partitions there are. Records without a key are handled as in
+    /// [`Ordering::Unordered`].
+    Key,
+    /// No order: every record as soon as a slot is free.
+    Unordered,
+}
+
+/// A handler running in a Kafka consumer group.
+///
+/// Built with [`Consumer::builder`]; started with [`run`](Consumer::run) or
+/// [`run_until`](Consumer::run_until).
+///
+/// ```no_run
+/// use kafka_handler::{extract::Json, Consumer, Ordering};
+/// # #[derive(serde::Deserialize)] struct OrderCreated { order_id: u64 }
+///
+/// async fn charge(Json(order): Json<OrderCreated>) {
+///     println!("charging order {}", order.order_id);
+/// }
+///
+/// # async fn run() -> Result<(), kafka_handler::Error> {
+/// Consumer::builder()
+///     .bootstrap_servers("localhost:9092")
+///     .group_id("payment")
+///     .topic("order.created")
+///     .ordering(Ordering::Key)
+///     .max_in_flight(256)
+///     .handler(charge)
+///     .build()?
+///     .run() // until Ctrl-C or SIGTERM
+///     .await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Consumer {
+    config: KafkaConfig,
+    topics: Vec<String>,
+    group_id: String,
+    ordering: Ordering,
+    lane: LaneConfig,
+    shared: Arc<http::Extensions>,
+    max_buffered: usize,
+    shutdown_timeout: Duration,
+    revoke_timeout: Duration,
+}
+
+impl Consumer {
+    /// Starts configuring a consumer.
+    pub fn builder() -> ConsumerBuilder {
+        ConsumerBuilder::new()
+    }
+
+    /// The consumer group.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<(), Error> {
+        self.run_until(crate::shutdown_signal()).await
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully: stops
+    /// fetching, lets in-flight records finish within the shutdown timeout,
+    /// commits what finished and leaves the group.
+    ///
+    /// Returns early with an error if the consumer cannot continue (a fatal
+    /// librdkafka error). Dropping the returned future also stops the consumer.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let scheduler = Arc::new(Mutex::new(Scheduler::new(SchedulerConfig {
+            ordering: self.ordering,
+            lane: self.lane,
+            runtime: tokio::runtime::Handle::current(),
+            shared: self.shared,
+            max_buffered: self.max_buffered,
+        })));
+        let context = RuntimeContext { scheduler, revoke_timeout: self.revoke_timeout };
+        let consumer: BaseConsumer<RuntimeContext> =
+            self.config.to_client_config().create_with_context(context)?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        rdkafka::consumer::Consumer::subscribe(&consumer, &topics)?;
+
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let thread_stop = Arc::clone(&stop.0);
+        let shutdown_timeout = self.shutdown_timeout;
+        std::thread::Builder::new()
+            .name(format!("kafka-handler:{}", self.group_id))
+            .spawn(move || {
+                let result = poll_loop::run(&consumer, &thread_stop, shutdown_timeout);
+                drop(consumer);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| Error::Runtime(format!("could not start the polling thread: {e}")))?;
+
+        let mut done_rx = done_rx;
+        tokio::select! {
+            () = signal => {}
+            result = &mut done_rx => return flatten(result),
+        }
+        tracing::info!(group = %self.group_id, "shutting down");
+        stop.0.store(true, AtomicOrdering::Release);
+        flatten(done_rx.await)
+    }
+}
+
+fn flatten(result: Result<Result<(), Error>, tokio::sync::oneshot::error::RecvError>) -> Result<(), Error> {
+    result.unwrap_or_else(|_| Err(Error::Runtime("the polling thread panicked".into())))
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, AtomicOrdering::Release);
+    }
+}
+
+/// librdkafka callbacks of a running consumer. They run on the polling thread.
+#[derive(Debug)]
+pub(crate) struct RuntimeContext {
+    scheduler: Arc<Mutex<Scheduler>>,
+    revoke_timeout: Duration,
+}
+
+impl RuntimeContext {
+    pub(crate) fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for RuntimeContext {}
+
+impl ConsumerContext for RuntimeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                let deadline = Instant::now() + self.revoke_timeout;
+                self.scheduler().revoke(consumer, tpl, deadline);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = %describe(tpl), "partitions assigned");
+            let mut scheduler = self.scheduler();
+            scheduler.assign(tpl);
+            scheduler.pause_if_paused(consumer, tpl);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; it is retried with the next commit");
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    let parts: Vec<String> =
+        tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+    parts.join(",")
+}

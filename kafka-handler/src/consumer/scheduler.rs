@@ -1,0 +1,355 @@
+//! Hands records to handlers in the order the consumer promises, and learns
+//! which offsets are safe to commit.
+//!
+//! All of this state is owned by the polling thread (the rebalance callbacks
+//! run on it too), so records are dispatched and completions applied without
+//! contention. Handlers run on the tokio runtime in *lanes*: one task per
+//! partition, per key or per record, depending on the [`Ordering`].
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc as tokio_mpsc;
+use tokio::task::AbortHandle;
+
+use super::lane::{run_lane, LaneConfig};
+use super::offsets::OffsetTracker;
+use super::{Ordering, RuntimeContext};
+use crate::record::Header;
+use crate::{HandlerError, Record};
+
+/// A finished record, reported by a lane to the polling thread.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) lane: LaneKey,
+    pub(crate) failure: Option<HandlerError>,
+}
+
+/// What records must be handled one after another.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LaneKey {
+    Partition,
+    Key(Bytes),
+    Record(i64),
+}
+
+#[derive(Debug)]
+struct Lane {
+    tx: tokio_mpsc::UnboundedSender<Record>,
+    queued: usize,
+    task: AbortHandle,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    topic: Arc<str>,
+    epoch: u64,
+    tracker: OffsetTracker,
+    lanes: HashMap<LaneKey, Lane>,
+    outstanding: usize,
+}
+
+impl PartitionState {
+    fn abort(&mut self) {
+        for (_, lane) in self.lanes.drain() {
+            lane.task.abort();
+        }
+    }
+}
+
+/// Counts kept by the scheduler, read by tests and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) handled: u64,
+    pub(crate) failed_permanently: u64,
+    pub(crate) abandoned: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Scheduler {
+    partitions: HashMap<Arc<str>, HashMap<i32, PartitionState>>,
+    ordering: Ordering,
+    lane: LaneConfig,
+    completions_tx: mpsc::Sender<Completion>,
+    completions_rx: mpsc::Receiver<Completion>,
+    runtime: tokio::runtime::Handle,
+    shared: Arc<http::Extensions>,
+    buffered: usize,
+    max_buffered: usize,
+    paused: bool,
+    next_epoch: u64,
+    pub(crate) counts: Counts,
+}
+
+pub(crate) struct SchedulerConfig {
+    pub(crate) ordering: Ordering,
+    pub(crate) lane: LaneConfig,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) shared: Arc<http::Extensions>,
+    pub(crate) max_buffered: usize,
+}
+
+impl Scheduler {
+    pub(crate) fn new(config: SchedulerConfig) -> Self {
+        let (completions_tx, completions_rx) = mpsc::channel();
+        Scheduler {
+            partitions: HashMap::new(),
+            ordering: config.ordering,
+            lane: config.lane,
+            completions_tx,
+            completions_rx,
+            runtime: config.runtime,
+            shared: config.shared,
+            buffered: 0,
+            max_buffered: config.max_buffered,
+            paused: false,
+            next_epoch: 0,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Records currently handed to handlers and not finished.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.buffered
+    }
+
+    /// Starts tracking newly assigned partitions.
+    pub(crate) fn assign(&mut self, tpl: &TopicPartitionList) {
+        for elem in tpl.elements() {
+            // One `Arc<str>` per topic, shared by all of its records.
+            let topic = match self.partitions.get_key_value(elem.topic()) {
+                Some((topic, _)) => Arc::clone(topic),
+                None => Arc::from(elem.topic()),
+            };
+            let topics = self.partitions.entry(Arc::clone(&topic)).or_default();
+            self.next_epoch += 1;
+            topics.insert(
+                elem.partition(),
+                PartitionState {
+                    topic,
+                    epoch: self.next_epoch,
+                    tracker: OffsetTracker::default(),
+                    lanes: HashMap::new(),
+                    outstanding: 0,
+                },
+            );
+        }
+    }
+
+    /// Hands a polled record to its lane.
+    pub(crate) fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
+        let Some(state) =
+            self.partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition()))
+        else {
+            // Not stored, so the record is read again by whoever owns the partition.
+            tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+                "record for a partition this consumer does not track; leaving it uncommitted");
+            return;
+        };
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| Header { name: h.key.to_owned(), value: h.value.map(Bytes::copy_from_slice) })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = msg.key().map(Bytes::copy_from_slice);
+        let record = Record::from_parts(
+            Arc::clone(&state.topic),
+            msg.partition(),
+            msg.offset(),
+            msg.timestamp().to_millis(),
+            key.clone(),
+            msg.payload().map(Bytes::copy_from_slice),
+            headers,
+            Arc::clone(&self.shared),
+        );
+        let lane_key = match (self.ordering, key) {
+            (Ordering::Partition, _) => LaneKey::Partition,
+            (Ordering::Key, Some(key)) => LaneKey::Key(key),
+            (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
+        };
+        state.tracker.dispatched(msg.offset());
+        state.outstanding += 1;
+        self.buffered += 1;
+        let lane = state.lanes.entry(lane_key.clone()).or_insert_with(|| {
+            let (tx, rx) = tokio_mpsc::unbounded_channel();
+            let task = self.runtime.spawn(run_lane(
+                rx,
+                self.lane.clone(),
+                self.completions_tx.clone(),
+                Arc::clone(&state.topic),
+                msg.partition(),
+                state.epoch,
+                lane_key,
+            ));
+            Lane { tx, queued: 0, task: task.abort_handle() }
+        });
+        lane.queued += 1;
+        // The lane task only stops when its sender is dropped, so this cannot fail.
+        let _ = lane.tx.send(record);
+    }
+
+    /// Applies every completion reported so far.
+    pub(crate) fn drain_completions(&mut self) {
+        while let Ok(completion) = self.completions_rx.try_recv() {
+            self.complete(completion);
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some(state) = self.partitions.get_mut(&c.topic).and_then(|t| t.get_mut(&c.partition))
+        else {
+            return;
+        };
+        if state.epoch != c.epoch || !state.tracker.finished(c.offset) {
+            return;
+        }
+        state.outstanding -= 1;
+        self.buffered -= 1;
+        if let Some(lane) = state.lanes.get_mut(&c.lane) {
+            lane.queued -= 1;
+            if lane.queued == 0 {
+                state.lanes.remove(&c.lane);
+            }
+        }
+        match c.failure {
+            None => self.counts.handled += 1,
+            Some(error) => {
+                self.counts.failed_permanently += 1;
+                tracing::error!(topic = &*c.topic, partition = c.partition, offset = c.offset,
+                    error = %error, "record failed permanently; committing past it");
+            }
+        }
+    }
+
+    /// Stores the finished watermark of every partition whose watermark moved.
+    /// librdkafka commits stored offsets in batches (`auto.commit.interval.ms`).
+    pub(crate) fn store_offsets(&mut self, consumer: &BaseConsumer<RuntimeContext>) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in &mut self.partitions {
+            for (&partition, state) in parts.iter_mut() {
+                if let Some(next) = state.tracker.take_moved() {
+                    let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+                }
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.store_offsets(&tpl)
+        {
+            tracing::warn!(error = %e, "could not store offsets");
+        }
+    }
+
+    /// Pauses fetching when too many records wait for handlers, and resumes
+    /// when half of them are done.
+    pub(crate) fn apply_backpressure(&mut self, consumer: &BaseConsumer<RuntimeContext>) {
+        if !self.paused && self.buffered >= self.max_buffered {
+            self.set_paused(consumer, true);
+        } else if self.paused && self.buffered <= self.max_buffered / 2 {
+            self.set_paused(consumer, false);
+        }
+    }
+
+    pub(crate) fn set_paused(&mut self, consumer: &BaseConsumer<RuntimeContext>, paused: bool) {
+        let tpl = self.assigned();
+        let result = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+        match result {
+            Ok(()) => self.paused = paused,
+            Err(e) => tracing::warn!(error = %e, paused, "could not change fetching"),
+        }
+        tracing::debug!(paused, in_flight = self.buffered, "back-pressure");
+    }
+
+    /// Pauses `tpl` if fetching is paused; used for newly assigned partitions.
+    pub(crate) fn pause_if_paused(&self, consumer: &BaseConsumer<RuntimeContext>, tpl: &TopicPartitionList) {
+        if self.paused
+            && let Err(e) = consumer.pause(tpl)
+        {
+            tracing::warn!(error = %e, "could not pause newly assigned partitions");
+        }
+    }
+
+    pub(crate) fn assigned(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in &self.partitions {
+            for &partition in parts.keys() {
+                tpl.add_partition(topic, partition);
+            }
+        }
+        tpl
+    }
+
+    /// Gives up partitions: lets their in-flight records finish until
+    /// `deadline`, stores and commits what finished (unless the partitions are
+    /// already lost to another consumer), then abandons the rest without
+    /// storing their offsets.
+    pub(crate) fn revoke(
+        &mut self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        tpl: &TopicPartitionList,
+        deadline: Instant,
+    ) {
+        let revoked: Vec<(Arc<str>, i32)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let (topic, parts) = self.partitions.get_key_value(e.topic())?;
+                parts.contains_key(&e.partition()).then(|| (Arc::clone(topic), e.partition()))
+            })
+            .collect();
+        let pending = |s: &Self| {
+            revoked.iter().map(|(t, p)| s.partitions[t][p].outstanding).sum::<usize>()
+        };
+        while pending(self) > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.completions_rx.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
+                Ok(c) => self.complete(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let lost = consumer.assignment_lost();
+        let mut commit = TopicPartitionList::new();
+        for (topic, partition) in &revoked {
+            let Some(mut state) = self.partitions.get_mut(topic).and_then(|t| t.remove(partition))
+            else {
+                continue;
+            };
+            if state.outstanding > 0 {
+                tracing::warn!(topic = &**topic, partition, abandoned = state.outstanding,
+                    "in-flight records did not finish before the partition was given up; they will be redelivered");
+                self.counts.abandoned += state.outstanding as u64;
+            }
+            self.buffered -= state.outstanding;
+            state.abort();
+            if let Some(next) = state.tracker.watermark() {
+                let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(next));
+            }
+        }
+        self.partitions.retain(|_, parts| !parts.is_empty());
+        if lost || commit.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.store_offsets(&commit) {
+            tracing::warn!(error = %e, "could not store offsets of revoked partitions");
+        }
+        if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+            tracing::warn!(error = %e, "could not commit offsets of revoked partitions");
+        }
+    }
+}

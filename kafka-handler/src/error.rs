@@ -1,0 +1,24 @@
+//! The crate's error type.
+
+use rdkafka::error::KafkaError;
+
+/// Errors of the runtime, the producer and configuration.
+///
+/// Handler failures are not `Error`s: they are [`HandlerError`](crate::HandlerError)s,
+/// which the runtime acts on instead of returning.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The consumer or producer was configured inconsistently.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// librdkafka reported an error.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A record could not be serialized for publishing.
+    #[error("could not encode the record: {0}")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The consumer's polling thread stopped unexpectedly.
+    #[error("the consumer's polling thread stopped: {0}")]
+    Runtime(String),
+}

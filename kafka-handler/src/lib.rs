@@ -1,0 +1,74 @@
+#![doc = include_str!("docs/crate.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod consumer;
+mod error;
+pub mod extract;
+mod handler;
+mod outcome;
+mod producer;
+mod record;
+mod shutdown;
+
+pub use self::consumer::{Consumer, ConsumerBuilder, Ordering};
+pub use self::error::Error;
+pub use self::handler::{Handler, HandlerService};
+pub use self::outcome::{BoxError, Disposition, HandlerError, IntoOutcome, ResultExt};
+pub use self::producer::{Delivered, Outgoing, Producer, ProducerBuilder};
+pub use self::record::{Header, Record, RecordBuilder};
+pub use self::shutdown::shutdown_signal;
+
+/// Turns an `async fn` into a handler that knows its topics and group.
+///
+/// ```no_run
+/// use kafka_handler::{extract::Json, handler, Consumer, HandlerError};
+/// # #[derive(serde::Deserialize)] struct OrderCreated { quantity: u32 }
+///
+/// #[handler(topic = "order.created", group = "inventory")]
+/// async fn reserve_stock(Json(order): Json<OrderCreated>) -> Result<(), HandlerError> {
+///     // decrease stock …
+///     Ok(())
+/// }
+///
+/// # async fn run() -> Result<(), kafka_handler::Error> {
+/// // Topics and group come from the attribute.
+/// Consumer::builder().from_env().handler(reserve_stock).build()?.run().await
+/// # }
+/// ```
+///
+/// The function stays callable as `reserve_stock::handle(..)`, for tests.
+///
+/// Arguments: `topic = "…"` (repeatable) or `topics = ["…", …]`, `group = "…"`,
+/// and `crate = "path"` when `kafka_handler` is renamed.
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use kafka_handler_macros::handler;
+
+#[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
+pub mod mock;
+
+/// Not public API: used by code that `#[handler]` generates.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::BoxHandlerFuture;
+
+    /// Topics and group declared by `#[handler(..)]`.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Subscription {
+        pub topics: &'static [&'static str],
+        pub group: Option<&'static str>,
+    }
+
+    /// Checks, with a precise error, that `f` is a handler.
+    pub fn assert_handler<H: crate::Handler<T>, T>(f: H) -> H {
+        f
+    }
+
+    /// Checks, with an error at the argument, that `T` is an extractor.
+    pub fn assert_from_record<T: crate::extract::FromRecord>() {}
+
+    /// Checks, with an error at the return type, that `R` is a handler outcome.
+    pub fn assert_outcome<R: crate::IntoOutcome>() {}
+}

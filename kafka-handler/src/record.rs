@@ -1,0 +1,236 @@
+//! The record a handler receives.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One Kafka record, as handed to a handler.
+///
+/// Cloning is cheap: the record's data is shared, only the per-record
+/// [`Extensions`](http::Extensions) are copied.
+///
+/// Records are usually taken apart by [extractors](crate::extract) rather than
+/// used whole, but a handler may take the `Record` itself. Tests build one with
+/// [`Record::builder`], so a handler can be called without a broker:
+///
+/// ```
+/// use kafka_handler::Record;
+///
+/// let record = Record::builder("order.created")
+///     .partition(2)
+///     .offset(41)
+///     .key("user-7")
+///     .header("eventId", "5b1c…")
+///     .payload(r#"{"orderId":1}"#)
+///     .build();
+/// assert_eq!(record.topic(), "order.created");
+/// assert_eq!(record.key(), Some(&b"user-7"[..]));
+/// assert_eq!(record.header("eventId"), Some(&b"5b1c\xe2\x80\xa6"[..]));
+/// ```
+#[derive(Clone)]
+pub struct Record {
+    inner: Arc<Inner>,
+    shared: Arc<http::Extensions>,
+    extensions: http::Extensions,
+}
+
+struct Inner {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
+    headers: Vec<Header>,
+}
+
+/// A record header: a name and an optional value (Kafka allows null values).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The header's name.
+    pub name: String,
+    /// The header's value, `None` for a null header.
+    pub value: Option<Bytes>,
+}
+
+impl Record {
+    /// Starts building a record for `topic`, for tests and tools.
+    pub fn builder(topic: impl Into<Arc<str>>) -> RecordBuilder {
+        RecordBuilder {
+            inner: Inner {
+                topic: topic.into(),
+                partition: 0,
+                offset: 0,
+                timestamp: None,
+                key: None,
+                payload: None,
+                headers: Vec::new(),
+            },
+            shared: Arc::default(),
+        }
+    }
+
+    /// The topic the record was read from.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The partition the record was read from.
+    pub fn partition(&self) -> i32 {
+        self.inner.partition
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.inner.offset
+    }
+
+    /// The record's timestamp in milliseconds since the Unix epoch, if it has one.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.inner.timestamp
+    }
+
+    /// The record's key, `None` for a null key.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.inner.key.as_deref()
+    }
+
+    /// The record's key as shared bytes.
+    pub fn key_bytes(&self) -> Option<&Bytes> {
+        self.inner.key.as_ref()
+    }
+
+    /// The record's value, `None` for a null value (a tombstone).
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.inner.payload.as_deref()
+    }
+
+    /// The record's value as shared bytes.
+    pub fn payload_bytes(&self) -> Option<&Bytes> {
+        self.inner.payload.as_ref()
+    }
+
+    /// All headers, in the order they were written.
+    pub fn headers(&self) -> &[Header] {
+        &self.inner.headers
+    }
+
+    /// The value of the last header named `name`, if present and not null.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.inner
+            .headers
+            .iter()
+            .rev()
+            .find(|h| h.name == name)
+            .and_then(|h| h.value.as_deref())
+    }
+
+    /// Per-record extensions: middleware stores values here for handlers to
+    /// extract (for example a database transaction).
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// Mutable access to the per-record extensions.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
+    }
+
+    /// Looks a value up in the per-record extensions, then in the state the
+    /// consumer was built with.
+    pub(crate) fn lookup<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.extensions.get::<T>().or_else(|| self.shared.get::<T>())
+    }
+
+    pub(crate) fn from_parts(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<Bytes>,
+        payload: Option<Bytes>,
+        headers: Vec<Header>,
+        shared: Arc<http::Extensions>,
+    ) -> Self {
+        let inner = Inner { topic, partition, offset, timestamp, key, payload, headers };
+        Record { inner: Arc::new(inner), shared, extensions: http::Extensions::new() }
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("topic", &self.inner.topic)
+            .field("partition", &self.inner.partition)
+            .field("offset", &self.inner.offset)
+            .field("timestamp", &self.inner.timestamp)
+            .field("key", &self.inner.key)
+            .field("payload_len", &self.inner.payload.as_ref().map(Bytes::len))
+            .field("headers", &self.inner.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Record`] by hand, for tests and tools.
+#[derive(Debug)]
+pub struct RecordBuilder {
+    inner: Inner,
+    shared: Arc<http::Extensions>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl RecordBuilder {
+    /// Sets the partition (default 0).
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.inner.partition = partition;
+        self
+    }
+
+    /// Sets the offset (default 0).
+    pub fn offset(mut self, offset: i64) -> Self {
+        self.inner.offset = offset;
+        self
+    }
+
+    /// Sets the timestamp in milliseconds since the Unix epoch.
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.inner.timestamp = Some(millis);
+        self
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.inner.key = Some(key.into());
+        self
+    }
+
+    /// Sets the value.
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.inner.payload = Some(payload.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.inner.headers.push(Header { name: name.into(), value: Some(value.into()) });
+        self
+    }
+
+    /// Makes `value` available to the [`State`](crate::extract::State) extractor,
+    /// as [`ConsumerBuilder::state`](crate::ConsumerBuilder::state) does.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.shared).insert(value);
+        self
+    }
+
+    /// Finishes the record.
+    pub fn build(self) -> Record {
+        Record { inner: Arc::new(self.inner), shared: self.shared, extensions: http::Extensions::new() }
+    }
+}
