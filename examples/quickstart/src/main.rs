@@ -1,0 +1,116 @@
+//! The smallest complete kafka-handler program: publish a few `OrderCreated`
+//! events keyed by user, handle them in a consumer group, print what happened.
+//!
+//! ```text
+//! cargo run -p quickstart                                   # in-process broker
+//! KAFKA_BOOTSTRAP_SERVERS=localhost:9092 cargo run -p quickstart
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_handler::extract::{Json, Metadata, State};
+use kafka_handler::mock::MockCluster;
+use kafka_handler::{handler, Consumer, HandlerError, Ordering, Outgoing, Producer};
+use serde::{Deserialize, Serialize};
+
+const TOPIC: &str = "order.created";
+const ORDERS: usize = 12;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderCreated {
+    event_id: String,
+    order_id: u64,
+    user_id: String,
+    product_id: String,
+    quantity: u32,
+    /// Decimal money as a string: never a float.
+    amount: String,
+    run: String,
+}
+
+#[derive(Clone)]
+struct Run {
+    id: String,
+    handled: Arc<AtomicUsize>,
+}
+
+/// Business logic only: the runtime decodes, orders per user, commits.
+#[handler(topic = "order.created", group = "quickstart-inventory")]
+async fn reserve_stock(
+    meta: Metadata,
+    State(run): State<Run>,
+    Json(order): Json<OrderCreated>,
+) -> Result<(), HandlerError> {
+    if order.run != run.id {
+        return Ok(()); // an earlier run's event on a shared cluster
+    }
+    if order.quantity == 0 {
+        return Err(HandlerError::permanent("quantity must be positive"));
+    }
+    println!(
+        "  handled order {:>2} of {} (qty {}, {}) from partition {} offset {}",
+        order.order_id, order.user_id, order.quantity, order.amount, meta.partition, meta.offset
+    );
+    run.handled.fetch_add(1, AtomicOrdering::SeqCst);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
+    // No broker configured: start librdkafka's in-process mock cluster.
+    let mock;
+    let bootstrap = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+        Ok(servers) if !servers.is_empty() => {
+            println!("using Kafka at {servers}");
+            servers
+        }
+        _ => {
+            mock = MockCluster::start(1)?;
+            mock.create_topic(TOPIC, 3)?;
+            println!("KAFKA_BOOTSTRAP_SERVERS is not set: using an in-process mock broker");
+            mock.bootstrap_servers()
+        }
+    };
+
+    let run = Run { id: uuid::Uuid::new_v4().to_string(), handled: Arc::default() };
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build()?;
+    println!("publishing {ORDERS} OrderCreated events to {TOPIC}, keyed by userId");
+    for order_id in 1..=ORDERS as u64 {
+        let event = OrderCreated {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            order_id,
+            user_id: format!("user-{}", order_id % 4),
+            product_id: format!("sku-{}", order_id % 3),
+            quantity: 1 + (order_id % 3) as u32,
+            amount: format!("{}.99", 10 * order_id),
+            run: run.id.clone(),
+        };
+        let key = event.user_id.clone();
+        producer.send(Outgoing::json(TOPIC, &event)?.key(key)).await?;
+    }
+
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .ordering(Ordering::Key)
+        .state(run.clone())
+        .handler(reserve_stock) // topic and group come from #[handler]
+        .build()?;
+    let handled = run.handled.clone();
+    let all_handled = async move {
+        while handled.load(AtomicOrdering::SeqCst) < ORDERS {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), consumer.run_until(all_handled)).await??;
+    println!("done: {} of {ORDERS} orders handled, offsets committed", run.handled.load(AtomicOrdering::SeqCst));
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! A consumer process for tests that kill, stop and scale consumers: it
+//! handles test events and appends each to a log file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kafka_handler::extract::{Json, Metadata};
+use kafka_handler::{Consumer, Ordering};
+use kafka_handler_tests::events::{append, TestEvent};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    bootstrap: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    #[arg(long)]
+    log: PathBuf,
+    #[arg(long, value_enum, default_value = "partition")]
+    ordering: OrderingArg,
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+    /// How long each handler call takes.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// `classic` (cooperative-sticky) or `consumer` (KIP-848).
+    #[arg(long, default_value = "classic")]
+    group_protocol: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OrderingArg {
+    Partition,
+    Key,
+    Unordered,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let ordering = match args.ordering {
+        OrderingArg::Partition => Ordering::Partition,
+        OrderingArg::Key => Ordering::Key,
+        OrderingArg::Unordered => Ordering::Unordered,
+    };
+    let log = args.log.clone();
+    let delay = Duration::from_millis(args.delay_ms);
+    let handler = move |meta: Metadata, Json(event): Json<TestEvent>| {
+        let log = log.clone();
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            append(&log, &event, meta.partition, meta.offset);
+        }
+    };
+    let mut builder = Consumer::builder()
+        .bootstrap_servers(args.bootstrap)
+        .group_id(args.group)
+        .topic(args.topic)
+        .ordering(ordering)
+        .max_in_flight(args.max_in_flight)
+        .handler(handler);
+    if args.group_protocol == "consumer" {
+        builder = builder.set("group.protocol", "consumer");
+    } else {
+        builder = builder.set("session.timeout.ms", "10000").set("heartbeat.interval.ms", "1000");
+    }
+    builder.build()?.run().await?;
+    eprintln!("kh-test-consumer: stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Shared helpers for the tests: where the test bed is, random topics, test
+//! events, and the log that consumer processes write and tests count.
+
+#![allow(unreachable_pub)]
+
+pub mod events;
+pub mod process;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+/// The broker started by `scripts/test`, or a clear failure.
+pub fn bootstrap() -> String {
+    env_or_fail("KAFKA_BOOTSTRAP_SERVERS", "a Kafka broker")
+}
+
+/// The 3-broker cluster (replication factor 3, `min.insync.replicas=2`).
+pub fn cluster3() -> String {
+    env_or_fail("KH_TEST_KAFKA_CLUSTER3", "the 3-broker Kafka cluster")
+}
+
+fn env_or_fail(name: &str, what: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: this test needs {what}. Run the suite with `scripts/test`, \
+             which starts Kafka, Redis and PostgreSQL and sets the environment."
+        ),
+    }
+}
+
+/// A topic name no other test uses.
+pub fn random_name(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates `topic` and waits until the broker serves its metadata.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replication: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let results = admin
+        .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("could not create {t}: {e}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32 == partitions && t.error().is_none()))
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "topic {topic} did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Initializes test logging once (`RUST_LOG` controls it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A scratch directory, removed when the test passes and kept when it fails.
+#[derive(Debug)]
+pub struct TestDir(pub std::path::PathBuf);
+
+impl TestDir {
+    /// Creates `$TMPDIR/<name>`.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).expect("create test dir");
+        TestDir(path)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
