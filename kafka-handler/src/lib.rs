@@ -61,14 +61,4 @@ pub mod __private {
         pub group: Option<&'static str>,
     }
 
-    /// Checks, with a precise error, that `f` is a handler.
-    pub fn assert_handler<H: crate::Handler<T>, T>(f: H) -> H {
-        f
-    }
-
-    /// Checks, with an error at the argument, that `T` is an extractor.
-    pub fn assert_from_record<T: crate::extract::FromRecord>() {}
-
-    /// Checks, with an error at the return type, that `R` is a handler outcome.
-    pub fn assert_outcome<R: crate::IntoOutcome>() {}
 }

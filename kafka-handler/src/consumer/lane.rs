@@ -3,6 +3,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
@@ -22,7 +23,14 @@ pub(crate) struct LaneConfig {
     pub(crate) backoff: ExponentialBuilder,
 }
 
-/// Handles the lane's records in order, reporting each to the polling thread.
+/// Finished records are reported in batches, at the latest after this long.
+const REPORT_EVERY: Duration = Duration::from_millis(5);
+/// ... or when this many are waiting to be reported.
+const REPORT_BATCH: usize = 256;
+
+/// Handles the lane's records in order, reporting them to the polling thread
+/// in batches: when the lane runs dry, when a batch is full, or when the
+/// oldest unreported record finished [`REPORT_EVERY`] ago.
 pub(crate) async fn run_lane(
     mut rx: tokio_mpsc::UnboundedReceiver<Record>,
     config: LaneConfig,
@@ -33,18 +41,44 @@ pub(crate) async fn run_lane(
     lane: LaneKey,
 ) {
     let LaneConfig { mut service, in_flight, backoff } = config;
-    while let Some(record) = rx.recv().await {
-        let offset = record.offset();
-        let failure = handle(&mut service, &in_flight, &backoff, record).await.err();
-        let completion = Completion {
-            topic: Arc::clone(&topic),
-            partition,
-            epoch,
-            offset,
-            lane: lane.clone(),
-            failure,
-        };
-        if completions.send(completion).is_err() {
+    let mut records = Vec::with_capacity(64);
+    let mut finished = Vec::new();
+    let mut oldest = Instant::now();
+    let report = |finished: &mut Vec<(i64, Option<HandlerError>)>| {
+        let finished = std::mem::take(finished);
+        let c = Completion { topic: Arc::clone(&topic), partition, epoch, lane: lane.clone(), finished };
+        completions.send(c).is_ok()
+    };
+    while rx.recv_many(&mut records, 1024).await > 0 {
+        for record in records.drain(..) {
+            let offset = record.offset();
+            let call = handle(&mut service, &in_flight, &backoff, record);
+            tokio::pin!(call);
+            // A slow record must not hold back the report of fast ones before it.
+            let failure = loop {
+                if finished.is_empty() {
+                    break call.await.err();
+                }
+                let due = tokio::time::Instant::from_std(oldest + REPORT_EVERY);
+                tokio::select! {
+                    biased;
+                    result = &mut call => break result.err(),
+                    () = tokio::time::sleep_until(due) => {
+                        if !report(&mut finished) {
+                            return;
+                        }
+                    }
+                }
+            };
+            if finished.is_empty() {
+                oldest = Instant::now();
+            }
+            finished.push((offset, failure));
+            if (finished.len() >= REPORT_BATCH || oldest.elapsed() >= REPORT_EVERY) && !report(&mut finished) {
+                return;
+            }
+        }
+        if !finished.is_empty() && rx.is_empty() && !report(&mut finished) {
             return;
         }
     }
@@ -62,7 +96,7 @@ async fn handle(
     backoff: &ExponentialBuilder,
     record: Record,
 ) -> Result<(), HandlerError> {
-    let mut delays = backoff.build();
+    let mut delays = None;
     let mut attempt = 1u32;
     loop {
         let result = {
@@ -84,7 +118,10 @@ async fn handle(
         let delay = match error.disposition() {
             Disposition::Permanent => return Err(error),
             Disposition::RetryAfter(delay) => delay,
-            Disposition::Retryable => delays.next().unwrap_or(std::time::Duration::from_secs(10)),
+            Disposition::Retryable => delays
+                .get_or_insert_with(|| backoff.build())
+                .next()
+                .unwrap_or(Duration::from_secs(10)),
         };
         tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
             attempt, ?delay, error = %error, "handler failed; retrying in place");

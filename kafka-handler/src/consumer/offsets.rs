@@ -25,6 +25,11 @@ impl OffsetTracker {
         self.pending.push_back((offset, false));
     }
 
+    /// The last offset handed to a handler, if any is still tracked.
+    pub(crate) fn last_dispatched(&self) -> Option<i64> {
+        self.pending.back().map(|&(o, _)| o).or(self.watermark.map(|w| w - 1))
+    }
+
     /// Records that `offset` finished; returns false if it was not pending.
     pub(crate) fn finished(&mut self, offset: i64) -> bool {
         let Ok(index) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {

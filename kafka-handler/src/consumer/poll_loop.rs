@@ -14,6 +14,7 @@ use crate::Error;
 
 const IDLE_POLL: Duration = Duration::from_millis(100);
 const BUSY_POLL: Duration = Duration::from_millis(5);
+const MAX_BATCH: usize = 1024;
 
 pub(super) fn run(
     consumer: &BaseConsumer<RuntimeContext>,
@@ -21,27 +22,45 @@ pub(super) fn run(
     shutdown_timeout: Duration,
 ) -> Result<(), Error> {
     let context = consumer.context();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let timeout = {
+        let (timeout, room) = {
             let mut scheduler = context.scheduler();
             scheduler.drain_completions();
             scheduler.store_offsets(consumer);
             scheduler.apply_backpressure(consumer);
-            if scheduler.in_flight() > 0 { BUSY_POLL } else { IDLE_POLL }
+            let timeout = if scheduler.in_flight() > 0 { BUSY_POLL } else { IDLE_POLL };
+            (timeout, scheduler.capacity().clamp(1, MAX_BATCH))
         };
         if stop.load(Ordering::Acquire) {
             break;
         }
-        match consumer.poll(timeout) {
-            Some(Ok(message)) => context.scheduler().dispatch(&message),
-            Some(Err(e)) => {
-                if let Some((code, reason)) = consumer.client().fatal_error() {
-                    tracing::error!(?code, %reason, "fatal consumer error");
-                    return Err(Error::Kafka(e));
+        // Take what librdkafka already has, up to the room left, and dispatch
+        // it under one lock. The scheduler is not locked while polling:
+        // rebalance callbacks run inside `poll` and need it.
+        let mut next = consumer.poll(timeout);
+        while let Some(result) = next {
+            match result {
+                Ok(message) => batch.push(message),
+                Err(e) => {
+                    if let Some((code, reason)) = consumer.client().fatal_error() {
+                        tracing::error!(?code, %reason, "fatal consumer error");
+                        return Err(Error::Kafka(e));
+                    }
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
                 }
-                tracing::warn!(error = %e, "consumer error");
             }
-            None => {}
+            if batch.len() >= room {
+                break;
+            }
+            next = consumer.poll(Duration::ZERO);
+        }
+        if !batch.is_empty() {
+            let mut scheduler = context.scheduler();
+            for message in batch.drain(..) {
+                scheduler.dispatch(&message);
+            }
         }
     }
     shutdown(consumer, shutdown_timeout);

@@ -24,15 +24,15 @@ use super::{Ordering, RuntimeContext};
 use crate::record::Header;
 use crate::{HandlerError, Record};
 
-/// A finished record, reported by a lane to the polling thread.
+/// Records a lane finished, reported to the polling thread: each offset with
+/// its permanent failure, if any.
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     pub(crate) epoch: u64,
-    pub(crate) offset: i64,
     pub(crate) lane: LaneKey,
-    pub(crate) failure: Option<HandlerError>,
+    pub(crate) finished: Vec<(i64, Option<HandlerError>)>,
 }
 
 /// What records must be handled one after another.
@@ -123,6 +123,11 @@ impl Scheduler {
         self.buffered
     }
 
+    /// How many more records may be dispatched before fetching pauses.
+    pub(crate) fn capacity(&self) -> usize {
+        self.max_buffered.saturating_sub(self.buffered)
+    }
+
     /// Starts tracking newly assigned partitions.
     pub(crate) fn assign(&mut self, tpl: &TopicPartitionList) {
         for elem in tpl.elements() {
@@ -156,6 +161,10 @@ impl Scheduler {
                 "record for a partition this consumer does not track; leaving it uncommitted");
             return;
         };
+        if state.tracker.last_dispatched().is_some_and(|last| msg.offset() <= last) {
+            // Fetched again after a pause or reassignment: already dispatched.
+            return;
+        }
         let headers = msg
             .headers()
             .map(|hs| {
@@ -213,23 +222,30 @@ impl Scheduler {
         else {
             return;
         };
-        if state.epoch != c.epoch || !state.tracker.finished(c.offset) {
+        if state.epoch != c.epoch {
             return;
         }
-        state.outstanding -= 1;
-        self.buffered -= 1;
-        if let Some(lane) = state.lanes.get_mut(&c.lane) {
-            lane.queued -= 1;
-            if lane.queued == 0 {
-                state.lanes.remove(&c.lane);
+        let mut done = 0;
+        for (offset, failure) in c.finished {
+            if !state.tracker.finished(offset) {
+                continue;
+            }
+            done += 1;
+            match failure {
+                None => self.counts.handled += 1,
+                Some(error) => {
+                    self.counts.failed_permanently += 1;
+                    tracing::error!(topic = &*c.topic, partition = c.partition, offset,
+                        error = %error, "record failed permanently; committing past it");
+                }
             }
         }
-        match c.failure {
-            None => self.counts.handled += 1,
-            Some(error) => {
-                self.counts.failed_permanently += 1;
-                tracing::error!(topic = &*c.topic, partition = c.partition, offset = c.offset,
-                    error = %error, "record failed permanently; committing past it");
+        state.outstanding -= done;
+        self.buffered -= done;
+        if let Some(lane) = state.lanes.get_mut(&c.lane) {
+            lane.queued -= done;
+            if lane.queued == 0 {
+                state.lanes.remove(&c.lane);
             }
         }
     }

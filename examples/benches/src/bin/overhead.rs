@@ -66,6 +66,7 @@ async fn runtime(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<f6
     let first = Arc::new(std::sync::OnceLock::new());
     let (h, f) = (handled.clone(), first.clone());
     let consumer = Consumer::builder()
+        .from_env()
         .bootstrap_servers(bootstrap)
         .group_id(fresh("runtime"))
         .topic(topic)
