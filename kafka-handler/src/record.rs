@@ -40,9 +40,35 @@ struct Inner {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: Option<Bytes>,
-    payload: Option<Bytes>,
+    /// Key and payload in one allocation: `data[..key_len]` is the key.
+    data: KeyAndPayload,
     headers: Vec<Header>,
+}
+
+/// A record's key and value copied out of librdkafka with one allocation.
+#[derive(Clone, Default)]
+pub(crate) struct KeyAndPayload {
+    data: Box<[u8]>,
+    key_len: Option<usize>,
+    has_payload: bool,
+}
+
+impl KeyAndPayload {
+    pub(crate) fn new(key: Option<&[u8]>, payload: Option<&[u8]>) -> Self {
+        let key_len = key.map(<[u8]>::len);
+        let mut data = Vec::with_capacity(key_len.unwrap_or(0) + payload.map_or(0, <[u8]>::len));
+        data.extend_from_slice(key.unwrap_or_default());
+        data.extend_from_slice(payload.unwrap_or_default());
+        Self { data: data.into_boxed_slice(), key_len, has_payload: payload.is_some() }
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        self.key_len.map(|n| &self.data[..n])
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        self.has_payload.then(|| &self.data[self.key_len.unwrap_or(0)..])
+    }
 }
 
 /// A record header: a name and an optional value (Kafka allows null values).
@@ -58,15 +84,13 @@ impl Record {
     /// Starts building a record for `topic`, for tests and tools.
     pub fn builder(topic: impl Into<Arc<str>>) -> RecordBuilder {
         RecordBuilder {
-            inner: Inner {
-                topic: topic.into(),
-                partition: 0,
-                offset: 0,
-                timestamp: None,
-                key: None,
-                payload: None,
-                headers: Vec::new(),
-            },
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            timestamp: None,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
             shared: Arc::default(),
         }
     }
@@ -93,22 +117,12 @@ impl Record {
 
     /// The record's key, `None` for a null key.
     pub fn key(&self) -> Option<&[u8]> {
-        self.inner.key.as_deref()
-    }
-
-    /// The record's key as shared bytes.
-    pub fn key_bytes(&self) -> Option<&Bytes> {
-        self.inner.key.as_ref()
+        self.inner.data.key()
     }
 
     /// The record's value, `None` for a null value (a tombstone).
     pub fn payload(&self) -> Option<&[u8]> {
-        self.inner.payload.as_deref()
-    }
-
-    /// The record's value as shared bytes.
-    pub fn payload_bytes(&self) -> Option<&Bytes> {
-        self.inner.payload.as_ref()
+        self.inner.data.payload()
     }
 
     /// All headers, in the order they were written.
@@ -148,12 +162,11 @@ impl Record {
         partition: i32,
         offset: i64,
         timestamp: Option<i64>,
-        key: Option<Bytes>,
-        payload: Option<Bytes>,
+        data: KeyAndPayload,
         headers: Vec<Header>,
         shared: Arc<http::Extensions>,
     ) -> Self {
-        let inner = Inner { topic, partition, offset, timestamp, key, payload, headers };
+        let inner = Inner { topic, partition, offset, timestamp, data, headers };
         Record { inner: Arc::new(inner), shared, extensions: http::Extensions::new() }
     }
 }
@@ -165,8 +178,8 @@ impl fmt::Debug for Record {
             .field("partition", &self.inner.partition)
             .field("offset", &self.inner.offset)
             .field("timestamp", &self.inner.timestamp)
-            .field("key", &self.inner.key)
-            .field("payload_len", &self.inner.payload.as_ref().map(Bytes::len))
+            .field("key", &self.key().map(String::from_utf8_lossy))
+            .field("payload_len", &self.payload().map(<[u8]>::len))
             .field("headers", &self.inner.headers)
             .finish_non_exhaustive()
     }
@@ -175,7 +188,13 @@ impl fmt::Debug for Record {
 /// Builds a [`Record`] by hand, for tests and tools.
 #[derive(Debug)]
 pub struct RecordBuilder {
-    inner: Inner,
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
+    headers: Vec<Header>,
     shared: Arc<http::Extensions>,
 }
 
@@ -188,37 +207,37 @@ impl fmt::Debug for Inner {
 impl RecordBuilder {
     /// Sets the partition (default 0).
     pub fn partition(mut self, partition: i32) -> Self {
-        self.inner.partition = partition;
+        self.partition = partition;
         self
     }
 
     /// Sets the offset (default 0).
     pub fn offset(mut self, offset: i64) -> Self {
-        self.inner.offset = offset;
+        self.offset = offset;
         self
     }
 
     /// Sets the timestamp in milliseconds since the Unix epoch.
     pub fn timestamp(mut self, millis: i64) -> Self {
-        self.inner.timestamp = Some(millis);
+        self.timestamp = Some(millis);
         self
     }
 
     /// Sets the key.
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
-        self.inner.key = Some(key.into());
+        self.key = Some(key.into());
         self
     }
 
     /// Sets the value.
     pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
-        self.inner.payload = Some(payload.into());
+        self.payload = Some(payload.into());
         self
     }
 
     /// Adds a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.inner.headers.push(Header { name: name.into(), value: Some(value.into()) });
+        self.headers.push(Header { name: name.into(), value: Some(value.into()) });
         self
     }
 
@@ -231,6 +250,7 @@ impl RecordBuilder {
 
     /// Finishes the record.
     pub fn build(self) -> Record {
-        Record { inner: Arc::new(self.inner), shared: self.shared, extensions: http::Extensions::new() }
+        let data = KeyAndPayload::new(self.key.as_deref(), self.payload.as_deref());
+        Record::from_parts(self.topic, self.partition, self.offset, self.timestamp, data, self.headers, self.shared)
     }
 }

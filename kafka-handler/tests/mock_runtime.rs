@@ -226,6 +226,9 @@ async fn backpressure_bounds_records_waiting_for_handlers() {
         let (started, gate, done) = (started.clone(), gate.clone(), done.clone());
         tokio::spawn(async move {
             let mut peak = 0;
+            while started.load(AtomicOrdering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             // Hold every handler for a while: only `max_buffered` may be fetched.
             for _ in 0..20 {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,7 +3,8 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::Poll;
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
@@ -23,14 +24,13 @@ pub(crate) struct LaneConfig {
     pub(crate) backoff: ExponentialBuilder,
 }
 
-/// Finished records are reported in batches, at the latest after this long.
-const REPORT_EVERY: Duration = Duration::from_millis(5);
-/// ... or when this many are waiting to be reported.
+/// Finished records are reported at the latest when this many are waiting.
 const REPORT_BATCH: usize = 256;
 
-/// Handles the lane's records in order, reporting them to the polling thread
-/// in batches: when the lane runs dry, when a batch is full, or when the
-/// oldest unreported record finished [`REPORT_EVERY`] ago.
+/// Handles the lane's records in order, reporting finished ones to the
+/// polling thread in batches: when the lane runs dry, when a batch is full,
+/// and before waiting on a handler that did not finish at once — so a slow
+/// record never holds back the report of the fast ones before it.
 pub(crate) async fn run_lane(
     mut rx: tokio_mpsc::UnboundedReceiver<Record>,
     config: LaneConfig,
@@ -43,9 +43,8 @@ pub(crate) async fn run_lane(
     let LaneConfig { mut service, in_flight, backoff } = config;
     let mut records = Vec::with_capacity(64);
     let mut finished = Vec::new();
-    let mut oldest = Instant::now();
     let report = |finished: &mut Vec<(i64, Option<HandlerError>)>| {
-        let finished = std::mem::take(finished);
+        let finished = std::mem::replace(finished, Vec::with_capacity(16));
         let c = Completion { topic: Arc::clone(&topic), partition, epoch, lane: lane.clone(), finished };
         completions.send(c).is_ok()
     };
@@ -54,27 +53,17 @@ pub(crate) async fn run_lane(
             let offset = record.offset();
             let call = handle(&mut service, &in_flight, &backoff, record);
             tokio::pin!(call);
-            // A slow record must not hold back the report of fast ones before it.
-            let failure = loop {
-                if finished.is_empty() {
-                    break call.await.err();
-                }
-                let due = tokio::time::Instant::from_std(oldest + REPORT_EVERY);
-                tokio::select! {
-                    biased;
-                    result = &mut call => break result.err(),
-                    () = tokio::time::sleep_until(due) => {
-                        if !report(&mut finished) {
-                            return;
-                        }
+            let failure = match futures::poll!(&mut call) {
+                Poll::Ready(result) => result.err(),
+                Poll::Pending => {
+                    if !finished.is_empty() && !report(&mut finished) {
+                        return;
                     }
+                    call.await.err()
                 }
             };
-            if finished.is_empty() {
-                oldest = Instant::now();
-            }
             finished.push((offset, failure));
-            if (finished.len() >= REPORT_BATCH || oldest.elapsed() >= REPORT_EVERY) && !report(&mut finished) {
+            if finished.len() >= REPORT_BATCH && !report(&mut finished) {
                 return;
             }
         }

@@ -21,7 +21,7 @@ use tokio::task::AbortHandle;
 use super::lane::{run_lane, LaneConfig};
 use super::offsets::OffsetTracker;
 use super::{Ordering, RuntimeContext};
-use crate::record::Header;
+use crate::record::{Header, KeyAndPayload};
 use crate::{HandlerError, Record};
 
 /// Records a lane finished, reported to the polling thread: each offset with
@@ -36,11 +36,19 @@ pub(crate) struct Completion {
 }
 
 /// What records must be handled one after another.
+///
+/// Keys are told apart by a 64-bit hash: two keys with the same hash share a
+/// lane, which keeps both in order and only costs concurrency.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LaneKey {
     Partition,
-    Key(Bytes),
+    Key(u64),
     Record(i64),
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
 }
 
 #[derive(Debug)]
@@ -173,20 +181,18 @@ impl Scheduler {
                     .collect()
             })
             .unwrap_or_default();
-        let key = msg.key().map(Bytes::copy_from_slice);
         let record = Record::from_parts(
             Arc::clone(&state.topic),
             msg.partition(),
             msg.offset(),
             msg.timestamp().to_millis(),
-            key.clone(),
-            msg.payload().map(Bytes::copy_from_slice),
+            KeyAndPayload::new(msg.key(), msg.payload()),
             headers,
             Arc::clone(&self.shared),
         );
-        let lane_key = match (self.ordering, key) {
+        let lane_key = match (self.ordering, msg.key()) {
             (Ordering::Partition, _) => LaneKey::Partition,
-            (Ordering::Key, Some(key)) => LaneKey::Key(key),
+            (Ordering::Key, Some(key)) => LaneKey::Key(key_hash(key)),
             (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
         };
         state.tracker.dispatched(msg.offset());

@@ -35,7 +35,7 @@ pub struct Key(pub Option<Bytes>);
 
 impl FromRecord for Key {
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
-        Ok(Key(record.key_bytes().cloned()))
+        Ok(Key(record.key().map(Bytes::copy_from_slice)))
     }
 }
 
@@ -45,7 +45,7 @@ pub struct Payload(pub Option<Bytes>);
 
 impl FromRecord for Payload {
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
-        Ok(Payload(record.payload_bytes().cloned()))
+        Ok(Payload(record.payload().map(Bytes::copy_from_slice)))
     }
 }
 

@@ -93,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
     let args = args();
     let bootstrap = bootstrap();
     if let Some(topic) = args.rss_probe {
-        runtime(&bootstrap, &topic, args.events).await?;
+        let eps = runtime(&bootstrap, &topic, args.events).await?;
+        eprintln!("{eps:.0} events/s");
         println!("{:.1}", peak_rss_mib().unwrap_or(f64::NAN));
         return Ok(());
     }
@@ -102,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     create_topic(&bootstrap, &topic, 12).await?;
     let t = Instant::now();
     load(&bootstrap, &topic, args.events, 10_000, 100)?;
-    println!("loaded {} events of ~100 B into 12 partitions in {:.1?}", args.events, t.elapsed());
+    println!("loaded {} events of ~100 B into 12 partitions of {topic} in {:.1?}", args.events, t.elapsed());
 
     let mut base = Vec::new();
     let mut ours = Vec::new();
