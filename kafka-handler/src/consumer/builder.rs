@@ -120,9 +120,10 @@ impl ConsumerBuilder {
         self
     }
 
-    /// How many records may be fetched and not yet finished before the consumer
-    /// pauses fetching (default: the larger of 10,000 and 4 × `max_in_flight`).
-    /// This bounds memory whatever the backlog.
+    /// How many records may be fetched and not yet finished (default: the
+    /// larger of 10,000 and 4 × `max_in_flight`). Each assigned partition gets
+    /// an equal share; a partition whose share is full is paused until half of
+    /// it is done. This bounds memory whatever the backlog.
     pub fn max_buffered(mut self, n: usize) -> Self {
         self.max_buffered = Some(n.max(1));
         self

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
-use tokio::sync::{mpsc as tokio_mpsc, Semaphore};
+use tokio::sync::{mpsc as tokio_mpsc, OwnedSemaphorePermit, Semaphore};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::scheduler::{Completion, LaneKey};
+use crate::handler::BoxHandlerFuture;
 use crate::{Disposition, HandlerError, Record};
 
 pub(crate) type BoxedService = BoxCloneSyncService<Record, (), HandlerError>;
@@ -39,6 +40,7 @@ pub(crate) async fn run_lane(
     partition: i32,
     epoch: u64,
     lane: LaneKey,
+    first: Option<Started>,
 ) {
     let LaneConfig { mut service, in_flight, backoff } = config;
     let mut records = Vec::with_capacity(64);
@@ -48,10 +50,18 @@ pub(crate) async fn run_lane(
         let c = Completion { topic: Arc::clone(&topic), partition, epoch, lane: lane.clone(), finished };
         completions.send(c).is_ok()
     };
+    if let Some(started) = first {
+        let offset = started.record.offset();
+        let failure = started.finish(&mut service, &in_flight, &backoff).await.err();
+        finished.push((offset, failure));
+        if rx.is_empty() && !report(&mut finished) {
+            return;
+        }
+    }
     while rx.recv_many(&mut records, 1024).await > 0 {
         for record in records.drain(..) {
             let offset = record.offset();
-            let call = handle(&mut service, &in_flight, &backoff, record);
+            let call = handle(&mut service, &in_flight, &backoff, record, None);
             tokio::pin!(call);
             let failure = match futures::poll!(&mut call) {
                 Poll::Ready(result) => result.err(),
@@ -73,7 +83,44 @@ pub(crate) async fn run_lane(
     }
 }
 
-/// Runs the handler until the record succeeds or fails permanently.
+/// A record whose first attempt the polling thread started and that did not
+/// finish at once: the lane takes it over.
+pub(crate) struct Started {
+    pub(crate) record: Record,
+    pub(crate) attempt: Attempt,
+}
+
+pub(crate) enum Attempt {
+    /// Still running, holding its in-flight slot.
+    Running(BoxHandlerFuture, OwnedSemaphorePermit),
+    /// Failed with a retryable error.
+    Failed(HandlerError),
+}
+
+impl Started {
+    async fn finish(
+        self,
+        service: &mut BoxedService,
+        in_flight: &Semaphore,
+        backoff: &ExponentialBuilder,
+    ) -> Result<(), HandlerError> {
+        let error = match self.attempt {
+            Attempt::Running(call, permit) => {
+                let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(panic_error(p)));
+                drop(permit);
+                match result {
+                    Ok(()) => return Ok(()),
+                    Err(error) => error,
+                }
+            }
+            Attempt::Failed(error) => error,
+        };
+        handle(service, in_flight, backoff, self.record, Some(error)).await
+    }
+}
+
+/// Runs the handler until the record succeeds or fails permanently, starting
+/// with the backoff for `failed` if an attempt already failed.
 ///
 /// A retryable failure that reaches the runtime (no retry middleware took it)
 /// is retried in place with capped exponential backoff, holding its lane: the
@@ -84,37 +131,43 @@ async fn handle(
     in_flight: &Semaphore,
     backoff: &ExponentialBuilder,
     record: Record,
+    mut failed: Option<HandlerError>,
 ) -> Result<(), HandlerError> {
     let mut delays = None;
     let mut attempt = 1u32;
     loop {
+        if let Some(error) = failed.take() {
+            let delay = match error.disposition() {
+                Disposition::Permanent => return Err(error),
+                Disposition::RetryAfter(delay) => delay,
+                Disposition::Retryable => delays
+                    .get_or_insert_with(|| backoff.build())
+                    .next()
+                    .unwrap_or(Duration::from_secs(10)),
+            };
+            tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
+                attempt, ?delay, error = %error, "handler failed; retrying in place");
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
         let result = {
             let _permit = in_flight.acquire().await.expect("the semaphore is never closed");
             let call = async { service.ready().await?.call(record.clone()).await };
-            AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(HandlerError::permanent(format!("handler panicked: {message}")))
-            })
+            AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(panic_error(p)))
         };
-        let error = match result {
+        match result {
             Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        let delay = match error.disposition() {
-            Disposition::Permanent => return Err(error),
-            Disposition::RetryAfter(delay) => delay,
-            Disposition::Retryable => delays
-                .get_or_insert_with(|| backoff.build())
-                .next()
-                .unwrap_or(Duration::from_secs(10)),
-        };
-        tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
-            attempt, ?delay, error = %error, "handler failed; retrying in place");
-        attempt += 1;
-        tokio::time::sleep(delay).await;
+            Err(error) => failed = Some(error),
+        }
     }
+}
+
+/// A handler panic, as a permanent failure.
+pub(crate) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    HandlerError::permanent(format!("handler panicked: {message}"))
 }

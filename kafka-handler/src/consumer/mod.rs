@@ -1,6 +1,7 @@
 //! The consumer runtime: runs a handler in a consumer group, at least once.
 
 mod builder;
+mod inline;
 mod lane;
 mod offsets;
 mod poll_loop;
@@ -120,9 +121,12 @@ impl Consumer {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let thread_stop = Arc::clone(&stop.0);
         let shutdown_timeout = self.shutdown_timeout;
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name(format!("kafka-handler:{}", self.group_id))
             .spawn(move || {
+                // Handlers started on this thread may use tokio's timers and I/O.
+                let _runtime = runtime.enter();
                 let result = poll_loop::run(&consumer, &thread_stop, shutdown_timeout);
                 drop(consumer);
                 let _ = done_tx.send(result);
@@ -185,7 +189,7 @@ impl ConsumerContext for RuntimeContext {
             tracing::info!(partitions = %describe(tpl), "partitions assigned");
             let mut scheduler = self.scheduler();
             scheduler.assign(tpl);
-            scheduler.pause_if_paused(consumer, tpl);
+            scheduler.pause_if_stopping(consumer, tpl);
         }
     }
 

@@ -71,7 +71,7 @@ pub(super) fn run(
 /// the group rebalances at once instead of waiting for the session timeout.
 fn shutdown(consumer: &BaseConsumer<RuntimeContext>, timeout: Duration) {
     let mut scheduler = consumer.context().scheduler();
-    scheduler.set_paused(consumer, true);
+    scheduler.stop_fetching(consumer);
     let assigned = scheduler.assigned();
     tracing::info!(in_flight = scheduler.in_flight(), "waiting for in-flight records");
     scheduler.revoke(consumer, &assigned, Instant::now() + timeout);

@@ -6,7 +6,7 @@
 //! contention. Handlers run on the tokio runtime in *lanes*: one task per
 //! partition, per key or per record, depending on the [`Ordering`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tokio_mpsc;
 use tokio::task::AbortHandle;
 
+use super::inline::InlineStart;
 use super::lane::{run_lane, LaneConfig};
 use super::offsets::OffsetTracker;
 use super::{Ordering, RuntimeContext};
@@ -47,8 +48,8 @@ pub(crate) enum LaneKey {
 }
 
 fn key_hash(key: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(key)
 }
 
 #[derive(Debug)]
@@ -65,6 +66,7 @@ struct PartitionState {
     tracker: OffsetTracker,
     lanes: HashMap<LaneKey, Lane>,
     outstanding: usize,
+    paused: bool,
 }
 
 impl PartitionState {
@@ -83,6 +85,19 @@ pub(crate) struct Counts {
     pub(crate) abandoned: u64,
 }
 
+impl Counts {
+    fn record(&mut self, topic: &str, partition: i32, offset: i64, failure: Option<HandlerError>) {
+        match failure {
+            None => self.handled += 1,
+            Some(error) => {
+                self.failed_permanently += 1;
+                tracing::error!(topic, partition, offset, error = %error,
+                    "record failed permanently; committing past it");
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Scheduler {
     partitions: HashMap<Arc<str>, HashMap<i32, PartitionState>>,
@@ -92,9 +107,10 @@ pub(crate) struct Scheduler {
     completions_rx: mpsc::Receiver<Completion>,
     runtime: tokio::runtime::Handle,
     shared: Arc<http::Extensions>,
+    inline: InlineStart,
     buffered: usize,
     max_buffered: usize,
-    paused: bool,
+    stopping: bool,
     next_epoch: u64,
     pub(crate) counts: Counts,
 }
@@ -111,8 +127,9 @@ impl Scheduler {
     pub(crate) fn new(config: SchedulerConfig) -> Self {
         let (completions_tx, completions_rx) = mpsc::channel();
         Scheduler {
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             ordering: config.ordering,
+            inline: InlineStart::new(config.lane.service.clone()),
             lane: config.lane,
             completions_tx,
             completions_rx,
@@ -120,7 +137,7 @@ impl Scheduler {
             shared: config.shared,
             buffered: 0,
             max_buffered: config.max_buffered,
-            paused: false,
+            stopping: false,
             next_epoch: 0,
             counts: Counts::default(),
         }
@@ -152,8 +169,9 @@ impl Scheduler {
                     topic,
                     epoch: self.next_epoch,
                     tracker: OffsetTracker::default(),
-                    lanes: HashMap::new(),
+                    lanes: HashMap::default(),
                     outstanding: 0,
+                    paused: false,
                 },
             );
         }
@@ -195,25 +213,52 @@ impl Scheduler {
             (Ordering::Key, Some(key)) => LaneKey::Key(key_hash(key)),
             (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
         };
-        state.tracker.dispatched(msg.offset());
+        let (partition, offset) = (msg.partition(), msg.offset());
+        state.tracker.dispatched(offset);
         state.outstanding += 1;
         self.buffered += 1;
-        let lane = state.lanes.entry(lane_key.clone()).or_insert_with(|| {
-            let (tx, rx) = tokio_mpsc::unbounded_channel();
-            let task = self.runtime.spawn(run_lane(
-                rx,
-                self.lane.clone(),
-                self.completions_tx.clone(),
-                Arc::clone(&state.topic),
-                msg.partition(),
-                state.epoch,
-                lane_key,
-            ));
-            Lane { tx, queued: 0, task: task.abort_handle() }
-        });
-        lane.queued += 1;
-        // The lane task only stops when its sender is dropped, so this cannot fail.
-        let _ = lane.tx.send(record);
+        if let Some(lane) = state.lanes.get_mut(&lane_key) {
+            lane.queued += 1;
+            // The lane task only stops when its sender is dropped, so this cannot fail.
+            let _ = lane.tx.send(record);
+            return;
+        }
+        // Nothing of this lane is in flight: start the record right here. A
+        // handler that finishes without waiting costs no hand-off at all.
+        let first = if self.inline.enabled {
+            match self.inline.start(&self.lane.in_flight, record) {
+                Ok(failure) => {
+                    state.tracker.finished(offset);
+                    state.outstanding -= 1;
+                    self.buffered -= 1;
+                    self.counts.record(&state.topic, partition, offset, failure);
+                    return;
+                }
+                Err(first) => first,
+            }
+        } else {
+            Err(record)
+        };
+        let (tx, rx) = tokio_mpsc::unbounded_channel();
+        tracing::trace!(partition, offset, started = first.is_ok(), "new lane");
+        let first = match first {
+            Ok(started) => Some(started),
+            Err(record) => {
+                let _ = tx.send(record);
+                None
+            }
+        };
+        let task = self.runtime.spawn(run_lane(
+            rx,
+            self.lane.clone(),
+            self.completions_tx.clone(),
+            Arc::clone(&state.topic),
+            partition,
+            state.epoch,
+            lane_key.clone(),
+            first,
+        ));
+        state.lanes.insert(lane_key, Lane { tx, queued: 1, task: task.abort_handle() });
     }
 
     /// Applies every completion reported so far.
@@ -237,14 +282,7 @@ impl Scheduler {
                 continue;
             }
             done += 1;
-            match failure {
-                None => self.counts.handled += 1,
-                Some(error) => {
-                    self.counts.failed_permanently += 1;
-                    tracing::error!(topic = &*c.topic, partition = c.partition, offset,
-                        error = %error, "record failed permanently; committing past it");
-                }
-            }
+            self.counts.record(&c.topic, c.partition, offset, failure);
         }
         state.outstanding -= done;
         self.buffered -= done;
@@ -274,29 +312,54 @@ impl Scheduler {
         }
     }
 
-    /// Pauses fetching when too many records wait for handlers, and resumes
-    /// when half of them are done.
+    /// Pauses fetching from a partition whose share of the buffer is full, and
+    /// from all of them when the whole buffer is; resumes a partition when
+    /// half of its share and half of the buffer are free. Each partition gets
+    /// an equal share of `max_buffered`, so a partition with a deep backlog
+    /// cannot starve the others.
     pub(crate) fn apply_backpressure(&mut self, consumer: &BaseConsumer<RuntimeContext>) {
-        if !self.paused && self.buffered >= self.max_buffered {
-            self.set_paused(consumer, true);
-        } else if self.paused && self.buffered <= self.max_buffered / 2 {
-            self.set_paused(consumer, false);
+        if self.stopping {
+            return;
+        }
+        let assigned: usize = self.partitions.values().map(|parts| parts.len()).sum();
+        let share = (self.max_buffered / assigned.max(1)).max(1);
+        let full = self.buffered >= self.max_buffered;
+        let half_free = self.buffered <= self.max_buffered / 2;
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for (topic, parts) in &mut self.partitions {
+            for (&partition, state) in parts.iter_mut() {
+                if !state.paused && (full || state.outstanding >= share) {
+                    state.paused = true;
+                    pause.add_partition(topic, partition);
+                } else if state.paused && half_free && state.outstanding <= share / 2 {
+                    state.paused = false;
+                    resume.add_partition(topic, partition);
+                }
+            }
+        }
+        for (tpl, paused) in [(pause, true), (resume, false)] {
+            if tpl.count() == 0 {
+                continue;
+            }
+            let result = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, paused, "could not change fetching");
+            }
+            tracing::debug!(paused, partitions = tpl.count(), share, "back-pressure");
         }
     }
 
-    pub(crate) fn set_paused(&mut self, consumer: &BaseConsumer<RuntimeContext>, paused: bool) {
-        let tpl = self.assigned();
-        let result = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
-        match result {
-            Ok(()) => self.paused = paused,
-            Err(e) => tracing::warn!(error = %e, paused, "could not change fetching"),
+    /// Stops fetching from every partition, for a graceful shutdown.
+    pub(crate) fn stop_fetching(&mut self, consumer: &BaseConsumer<RuntimeContext>) {
+        self.stopping = true;
+        if let Err(e) = consumer.pause(&self.assigned()) {
+            tracing::warn!(error = %e, "could not pause fetching");
         }
-        tracing::debug!(paused, in_flight = self.buffered, "back-pressure");
     }
 
-    /// Pauses `tpl` if fetching is paused; used for newly assigned partitions.
-    pub(crate) fn pause_if_paused(&self, consumer: &BaseConsumer<RuntimeContext>, tpl: &TopicPartitionList) {
-        if self.paused
+    /// Pauses newly assigned partitions while shutting down.
+    pub(crate) fn pause_if_stopping(&self, consumer: &BaseConsumer<RuntimeContext>, tpl: &TopicPartitionList) {
+        if self.stopping
             && let Err(e) = consumer.pause(tpl)
         {
             tracing::warn!(error = %e, "could not pause newly assigned partitions");

@@ -90,6 +90,10 @@ async fn runtime(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<f6
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args = args();
     let bootstrap = bootstrap();
     if let Some(topic) = args.rss_probe {

@@ -1,0 +1,100 @@
+//! Starting a record on the polling thread.
+//!
+//! Many handlers finish without ever waiting (a cache update, a counter, a
+//! filter), and handing each record to another thread costs more than
+//! handling it. So when a record's lane is idle, the polling thread polls the
+//! handler once: if it is done, the record is finished with no hand-off; if it
+//! waits, the started call moves to a lane task and runs there. A handler
+//! that turns out to burn CPU before its first wait is no longer started here,
+//! so it cannot slow down polling.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use super::lane::{panic_error, Attempt, BoxedService, Started};
+use crate::{Disposition, HandlerError, Record};
+
+/// A first poll longer than this is slow.
+const SLOW_POLL: Duration = Duration::from_micros(50);
+/// Inline starts stop when most first polls of a window of this many are
+/// slow. A majority, not an average: a thread preempted now and then on a busy
+/// machine must not look like a handler that computes.
+const WINDOW: u32 = 256;
+
+pub(crate) struct InlineStart {
+    service: BoxedService,
+    pub(crate) enabled: bool,
+    /// Polls timed and slow polls in the current window.
+    polls: u32,
+    slow: u32,
+    /// Only every [`SAMPLE_EVERY`]th first poll is timed: reading the clock
+    /// costs about as much as a trivial handler.
+    untimed: u32,
+}
+
+const SAMPLE_EVERY: u32 = 8;
+
+impl std::fmt::Debug for InlineStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineStart").field("enabled", &self.enabled).finish_non_exhaustive()
+    }
+}
+
+impl InlineStart {
+    pub(crate) fn new(service: BoxedService) -> Self {
+        Self { service, enabled: true, polls: 0, slow: 0, untimed: 0 }
+    }
+
+    /// Polls the handler for `record` once. `Ok` if it finished (with its
+    /// permanent failure, if any); otherwise what a lane must take over,
+    /// or the record untouched when no slot or the service is not ready.
+    pub(crate) fn start(
+        &mut self,
+        in_flight: &Arc<Semaphore>,
+        record: Record,
+    ) -> Result<Option<HandlerError>, Result<Started, Record>> {
+        let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
+            return Err(Err(record));
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(self.service.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            return Err(Err(record));
+        }
+        self.untimed = (self.untimed + 1) % SAMPLE_EVERY;
+        let began = (self.untimed == 0).then(Instant::now);
+        let mut call = self.service.call(record.clone());
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+        if let Some(began) = began {
+            self.observe(began.elapsed());
+        }
+        let attempt = match polled {
+            Ok(Poll::Pending) => Attempt::Running(call, permit),
+            Ok(Poll::Ready(Ok(()))) => return Ok(None),
+            Ok(Poll::Ready(Err(error))) if error.disposition() == Disposition::Permanent => {
+                return Ok(Some(error));
+            }
+            Ok(Poll::Ready(Err(error))) => Attempt::Failed(error),
+            Err(panic) => return Ok(Some(panic_error(panic))),
+        };
+        Err(Ok(Started { record, attempt }))
+    }
+
+    fn observe(&mut self, took: Duration) {
+        self.polls += 1;
+        self.slow += u32::from(took > SLOW_POLL);
+        if self.polls < WINDOW {
+            return;
+        }
+        if self.slow > WINDOW / 2 {
+            self.enabled = false;
+            tracing::info!(slow_first_polls = self.slow, of = self.polls,
+                "the handler computes before it waits; starting records on worker threads from now on");
+        }
+        (self.polls, self.slow) = (0, 0);
+    }
+}
