@@ -60,5 +60,4 @@ pub mod __private {
         pub topics: &'static [&'static str],
         pub group: Option<&'static str>,
     }
-
 }

@@ -91,10 +91,7 @@ impl HandlerError {
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerError")
-            .field("disposition", &self.disposition)
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("HandlerError").field("disposition", &self.disposition).field("source", &self.source).finish()
     }
 }
 

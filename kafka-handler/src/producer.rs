@@ -7,9 +7,9 @@ use rdkafka::message::{Header as RdHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
+use crate::Error;
 use crate::config::KafkaConfig;
 use crate::record::Header;
-use crate::Error;
 
 /// A Kafka producer: idempotent (`enable.idempotence=true`, `acks=all`), each
 /// [`send`](Producer::send) awaits the broker's acknowledgement.

@@ -132,12 +132,7 @@ impl Record {
 
     /// The value of the last header named `name`, if present and not null.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.inner
-            .headers
-            .iter()
-            .rev()
-            .find(|h| h.name == name)
-            .and_then(|h| h.value.as_deref())
+        self.inner.headers.iter().rev().find(|h| h.name == name).and_then(|h| h.value.as_deref())
     }
 
     /// Per-record extensions: middleware stores values here for handlers to

@@ -3,7 +3,7 @@
 //! converts the outcome, and the builder takes topics and group from it.
 
 use kafka_handler::extract::{FromRecord, Json, Metadata};
-use kafka_handler::{handler, Consumer, Disposition, Handler, HandlerError, Record};
+use kafka_handler::{Consumer, Disposition, Handler, HandlerError, Record, handler};
 
 /// The event, public like the handler that takes it.
 #[derive(Debug, serde::Deserialize)]

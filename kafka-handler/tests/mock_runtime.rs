@@ -134,8 +134,14 @@ async fn failures_are_handled_by_their_disposition() {
     let cluster = MockCluster::start(1).unwrap();
     cluster.create_topic("t", 1).unwrap();
     let producer = Producer::builder().bootstrap_servers(cluster.bootstrap_servers()).build().unwrap();
-    for payload in [r#"{"key":"a","seq":0}"#, "not json", r#"{"key":"panic","seq":1}"#,
-                    r#"{"key":"flaky","seq":2}"#, r#"{"key":"bad","seq":3}"#, r#"{"key":"z","seq":4}"#] {
+    for payload in [
+        r#"{"key":"a","seq":0}"#,
+        "not json",
+        r#"{"key":"panic","seq":1}"#,
+        r#"{"key":"flaky","seq":2}"#,
+        r#"{"key":"bad","seq":3}"#,
+        r#"{"key":"z","seq":4}"#,
+    ] {
         producer.send(Outgoing::new("t", payload)).await.unwrap();
     }
 
@@ -240,7 +246,8 @@ async fn backpressure_bounds_records_waiting_for_handlers() {
             peak
         })
     };
-    run_until(consumer, || started.load(AtomicOrdering::SeqCst) >= 2_000 && done.load(AtomicOrdering::SeqCst) == 1).await;
+    run_until(consumer, || started.load(AtomicOrdering::SeqCst) >= 2_000 && done.load(AtomicOrdering::SeqCst) == 1)
+        .await;
     let peak = probe.await.unwrap();
     assert!(peak >= 100, "the buffer should fill up ({peak})");
     assert!(peak <= 101, "at most max_buffered (+1 already polled) records in flight, saw {peak}");

@@ -30,7 +30,8 @@ pub async fn produce(producer: &Producer, topic: &str, keys: u64, start: u64, co
     let mut pending = futures::stream::FuturesOrdered::new();
     use futures::StreamExt;
     for i in start..start + count {
-        let event = TestEvent { event_id: uuid::Uuid::new_v4().to_string(), key: format!("k{}", i % keys), seq: i / keys };
+        let event =
+            TestEvent { event_id: uuid::Uuid::new_v4().to_string(), key: format!("k{}", i % keys), seq: i / keys };
         let record = Outgoing::json(topic, &event).expect("encode").key(event.key.clone());
         let producer = producer.clone();
         pending.push_back(async move { producer.send(record).await });

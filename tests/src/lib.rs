@@ -8,9 +8,9 @@ pub mod process;
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
 
 /// The broker started by `scripts/test`, or a clear failure.
 pub fn bootstrap() -> String {
@@ -39,10 +39,8 @@ pub fn random_name(prefix: &str) -> String {
 
 /// Creates `topic` and waits until the broker serves its metadata.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replication: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let results = admin
         .create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
@@ -70,9 +68,7 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replica
 /// Initializes test logging once (`RUST_LOG` controls it).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
 }

@@ -8,18 +8,17 @@
 //!   consumers, in every ordering mode that promises order, with the classic
 //!   (cooperative-sticky) and the KIP-848 group protocols.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use kafka_handler::Producer;
 use kafka_handler_tests::events::{distinct, expected, produce, read_log, tally, wait_for};
 use kafka_handler_tests::process::{ConsumerArgs, ConsumerProcess};
-use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name, TestDir};
+use kafka_handler_tests::{TestDir, bootstrap, create_topic, init_tracing, random_name};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kh-test-consumer");
 
 /// These tests run processes against one broker on a 2-core machine: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Setup {
     args: ConsumerArgs,
@@ -49,7 +48,7 @@ async fn setup(name: &str, partitions: i32, ordering: &'static str, protocol: &'
 
 #[tokio::test]
 async fn sigkill_mid_stream_then_restart_misses_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (keys, n) = (50, 20_000);
     let s = setup("kill", 6, "partition", "classic", 1).await;
     produce(&s.producer, &s.args.topic, keys, 0, n).await;
@@ -72,7 +71,7 @@ async fn sigkill_mid_stream_then_restart_misses_nothing() {
 
 #[tokio::test]
 async fn clean_shutdown_then_restart_duplicates_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (keys, n) = (50, 20_000);
     let s = setup("clean", 6, "key", "classic", 1).await;
     produce(&s.producer, &s.args.topic, keys, 0, n).await;
@@ -97,7 +96,7 @@ async fn clean_shutdown_then_restart_duplicates_nothing() {
 
 /// Produces in the background while consumers go 1 → 3 → 1.
 async fn scale_out_and_in(ordering: &'static str, protocol: &'static str) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (keys, batches, per_batch) = (40u64, 24u64, 500u64);
     let n = batches * per_batch;
     let s = setup(&format!("scale-{ordering}-{protocol}"), 6, ordering, protocol, 2).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kafka_handler::extract::{Json, Metadata};
 use kafka_handler::{Consumer, Ordering, Producer};
-use kafka_handler_tests::events::{expected, produce, tally, Handled, TestEvent};
+use kafka_handler_tests::events::{Handled, TestEvent, expected, produce, tally};
 use kafka_handler_tests::{cluster3, create_topic, init_tracing, random_name};
 
 fn testbed_node(action: &str, node: &str) {

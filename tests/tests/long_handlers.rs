@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kafka_handler::extract::Json;
 use kafka_handler::{Consumer, Producer};
-use kafka_handler_tests::events::{produce, TestEvent};
+use kafka_handler_tests::events::{TestEvent, produce};
 use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,13 @@
 //! KAFKA_BOOTSTRAP_SERVERS=localhost:9092 cargo run -p quickstart
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use kafka_handler::extract::{Json, Metadata, State};
 use kafka_handler::mock::MockCluster;
-use kafka_handler::{handler, Consumer, HandlerError, Ordering, Outgoing, Producer};
+use kafka_handler::{Consumer, HandlerError, Ordering, Outgoing, Producer, handler};
 use serde::{Deserialize, Serialize};
 
 const TOPIC: &str = "order.created";
@@ -61,9 +61,7 @@ async fn reserve_stock(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
 
     // No broker configured: start librdkafka's in-process mock cluster.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tower::Service;
 
-use super::lane::{panic_error, Attempt, BoxedService, Started};
+use super::lane::{Attempt, BoxedService, Started, panic_error};
 use crate::{Disposition, HandlerError, Record};
 
 /// A first poll longer than this is slow.
@@ -92,8 +92,11 @@ impl InlineStart {
         }
         if self.slow > WINDOW / 2 {
             self.enabled = false;
-            tracing::info!(slow_first_polls = self.slow, of = self.polls,
-                "the handler computes before it waits; starting records on worker threads from now on");
+            tracing::info!(
+                slow_first_polls = self.slow,
+                of = self.polls,
+                "the handler computes before it waits; starting records on worker threads from now on"
+            );
         }
         (self.polls, self.slow) = (0, 0);
     }

@@ -1,18 +1,18 @@
 //! A lane runs the handler for records that must be handled one after another.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::task::Poll;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
-use tokio::sync::{mpsc as tokio_mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tokio_mpsc};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use super::scheduler::{Completion, LaneKey};
+use super::scheduler::{Completion, LaneId};
 use crate::handler::BoxHandlerFuture;
 use crate::{Disposition, HandlerError, Record};
 
@@ -36,10 +36,7 @@ pub(crate) async fn run_lane(
     mut rx: tokio_mpsc::UnboundedReceiver<Record>,
     config: LaneConfig,
     completions: mpsc::Sender<Completion>,
-    topic: Arc<str>,
-    partition: i32,
-    epoch: u64,
-    lane: LaneKey,
+    lane: LaneId,
     first: Option<Started>,
 ) {
     let LaneConfig { mut service, in_flight, backoff } = config;
@@ -47,7 +44,7 @@ pub(crate) async fn run_lane(
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<(i64, Option<HandlerError>)>| {
         let finished = std::mem::replace(finished, Vec::with_capacity(16));
-        let c = Completion { topic: Arc::clone(&topic), partition, epoch, lane: lane.clone(), finished };
+        let c = Completion { lane: lane.clone(), finished };
         completions.send(c).is_ok()
     };
     if let Some(started) = first {
@@ -140,10 +137,9 @@ async fn handle(
             let delay = match error.disposition() {
                 Disposition::Permanent => return Err(error),
                 Disposition::RetryAfter(delay) => delay,
-                Disposition::Retryable => delays
-                    .get_or_insert_with(|| backoff.build())
-                    .next()
-                    .unwrap_or(Duration::from_secs(10)),
+                Disposition::Retryable => {
+                    delays.get_or_insert_with(|| backoff.build()).next().unwrap_or(Duration::from_secs(10))
+                }
             };
             tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                 attempt, ?delay, error = %error, "handler failed; retrying in place");

@@ -12,16 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::TopicPartitionList;
 
 pub use self::builder::ConsumerBuilder;
 use self::lane::LaneConfig;
 use self::scheduler::{Scheduler, SchedulerConfig};
-use crate::config::KafkaConfig;
 use crate::Error;
+use crate::config::KafkaConfig;
 
 /// Which records a consumer handles one after another.
 ///
@@ -112,8 +112,7 @@ impl Consumer {
             max_buffered: self.max_buffered,
         })));
         let context = RuntimeContext { scheduler, revoke_timeout: self.revoke_timeout };
-        let consumer: BaseConsumer<RuntimeContext> =
-            self.config.to_client_config().create_with_context(context)?;
+        let consumer: BaseConsumer<RuntimeContext> = self.config.to_client_config().create_with_context(context)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         rdkafka::consumer::Consumer::subscribe(&consumer, &topics)?;
 
@@ -201,7 +200,6 @@ impl ConsumerContext for RuntimeContext {
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
-    let parts: Vec<String> =
-        tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+    let parts: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
     parts.join(",")
 }

@@ -7,8 +7,8 @@
 //! partition, per key or per record, depending on the [`Ordering`].
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tokio::task::AbortHandle;
 
 use super::inline::InlineStart;
-use super::lane::{run_lane, LaneConfig};
+use super::lane::{LaneConfig, run_lane};
 use super::offsets::OffsetTracker;
 use super::{Ordering, RuntimeContext};
 use crate::record::{Header, KeyAndPayload};
@@ -29,11 +29,18 @@ use crate::{HandlerError, Record};
 /// its permanent failure, if any.
 #[derive(Debug)]
 pub(crate) struct Completion {
+    pub(crate) lane: LaneId,
+    pub(crate) finished: Vec<(i64, Option<HandlerError>)>,
+}
+
+/// Which lane of which assignment of a partition.
+#[derive(Clone, Debug)]
+pub(crate) struct LaneId {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
+    /// Changes with every assignment, so reports from before a revoke are ignored.
     pub(crate) epoch: u64,
-    pub(crate) lane: LaneKey,
-    pub(crate) finished: Vec<(i64, Option<HandlerError>)>,
+    pub(crate) key: LaneKey,
 }
 
 /// What records must be handled one after another.
@@ -179,12 +186,14 @@ impl Scheduler {
 
     /// Hands a polled record to its lane.
     pub(crate) fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
-        let Some(state) =
-            self.partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition()))
-        else {
+        let Some(state) = self.partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition())) else {
             // Not stored, so the record is read again by whoever owns the partition.
-            tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
-                "record for a partition this consumer does not track; leaving it uncommitted");
+            tracing::warn!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "record for a partition this consumer does not track; leaving it uncommitted"
+            );
             return;
         };
         if state.tracker.last_dispatched().is_some_and(|last| msg.offset() <= last) {
@@ -248,16 +257,8 @@ impl Scheduler {
                 None
             }
         };
-        let task = self.runtime.spawn(run_lane(
-            rx,
-            self.lane.clone(),
-            self.completions_tx.clone(),
-            Arc::clone(&state.topic),
-            partition,
-            state.epoch,
-            lane_key.clone(),
-            first,
-        ));
+        let id = LaneId { topic: Arc::clone(&state.topic), partition, epoch: state.epoch, key: lane_key.clone() };
+        let task = self.runtime.spawn(run_lane(rx, self.lane.clone(), self.completions_tx.clone(), id, first));
         state.lanes.insert(lane_key, Lane { tx, queued: 1, task: task.abort_handle() });
     }
 
@@ -269,11 +270,11 @@ impl Scheduler {
     }
 
     fn complete(&mut self, c: Completion) {
-        let Some(state) = self.partitions.get_mut(&c.topic).and_then(|t| t.get_mut(&c.partition))
-        else {
+        let id = &c.lane;
+        let Some(state) = self.partitions.get_mut(&id.topic).and_then(|t| t.get_mut(&id.partition)) else {
             return;
         };
-        if state.epoch != c.epoch {
+        if state.epoch != id.epoch {
             return;
         }
         let mut done = 0;
@@ -282,14 +283,14 @@ impl Scheduler {
                 continue;
             }
             done += 1;
-            self.counts.record(&c.topic, c.partition, offset, failure);
+            self.counts.record(&id.topic, id.partition, offset, failure);
         }
         state.outstanding -= done;
         self.buffered -= done;
-        if let Some(lane) = state.lanes.get_mut(&c.lane) {
+        if let Some(lane) = state.lanes.get_mut(&id.key) {
             lane.queued -= done;
             if lane.queued == 0 {
-                state.lanes.remove(&c.lane);
+                state.lanes.remove(&id.key);
             }
         }
     }
@@ -394,9 +395,7 @@ impl Scheduler {
                 parts.contains_key(&e.partition()).then(|| (Arc::clone(topic), e.partition()))
             })
             .collect();
-        let pending = |s: &Self| {
-            revoked.iter().map(|(t, p)| s.partitions[t][p].outstanding).sum::<usize>()
-        };
+        let pending = |s: &Self| revoked.iter().map(|(t, p)| s.partitions[t][p].outstanding).sum::<usize>();
         while pending(self) > 0 {
             let now = Instant::now();
             if now >= deadline {
@@ -411,13 +410,16 @@ impl Scheduler {
         let lost = consumer.assignment_lost();
         let mut commit = TopicPartitionList::new();
         for (topic, partition) in &revoked {
-            let Some(mut state) = self.partitions.get_mut(topic).and_then(|t| t.remove(partition))
-            else {
+            let Some(mut state) = self.partitions.get_mut(topic).and_then(|t| t.remove(partition)) else {
                 continue;
             };
             if state.outstanding > 0 {
-                tracing::warn!(topic = &**topic, partition, abandoned = state.outstanding,
-                    "in-flight records did not finish before the partition was given up; they will be redelivered");
+                tracing::warn!(
+                    topic = &**topic,
+                    partition,
+                    abandoned = state.outstanding,
+                    "in-flight records did not finish before the partition was given up; they will be redelivered"
+                );
                 self.counts.abandoned += state.outstanding as u64;
             }
             self.buffered -= state.outstanding;

@@ -1,5 +1,5 @@
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::{DecodeError, FromRecord};
 use crate::{HandlerError, Record};
@@ -28,9 +28,8 @@ pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned> FromRecord for Json<T> {
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
-        let payload = record
-            .payload()
-            .ok_or_else(|| HandlerError::permanent(DecodeError::new("the payload is null")))?;
+        let payload =
+            record.payload().ok_or_else(|| HandlerError::permanent(DecodeError::new("the payload is null")))?;
         serde_json::from_slice(payload)
             .map(Json)
             .map_err(|e| HandlerError::permanent(DecodeError::new(format!("invalid JSON: {e}"))))

@@ -114,8 +114,8 @@ impl_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::{Key, Metadata, Payload};
     use crate::Disposition;
+    use crate::extract::{Key, Metadata, Payload};
 
     fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kafka_handler::extract::{Json, Metadata};
 use kafka_handler::{Consumer, Ordering};
-use kafka_handler_tests::events::{append, TestEvent};
+use kafka_handler_tests::events::{TestEvent, append};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -41,9 +41,7 @@ enum OrderingArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

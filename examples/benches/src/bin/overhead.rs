@@ -5,14 +5,14 @@
 //!
 //! `scripts/bench overhead [--events N] [--rounds R]`
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use kafka_handler::Consumer;
 use kafka_handler_benches::{bootstrap, create_topic, fresh, load, peak_rss_mib, table};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 struct Args {
     events: u64,
@@ -123,9 +123,8 @@ async fn main() -> anyhow::Result<()> {
     let (b, o) = (median(&mut base), median(&mut ours));
 
     let exe = std::env::current_exe()?;
-    let probe = std::process::Command::new(exe)
-        .args(["--rss-probe", &topic, "--events", &args.events.to_string()])
-        .output()?;
+    let probe =
+        std::process::Command::new(exe).args(["--rss-probe", &topic, "--events", &args.events.to_string()]).output()?;
     let rss: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(f64::NAN);
 
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");

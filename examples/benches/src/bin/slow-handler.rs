@@ -3,8 +3,8 @@
 //!
 //! `scripts/bench slow-handler [--seconds S]`
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use kafka_handler::{Consumer, Ordering};
@@ -74,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
         &["mode", "events/s", "of ideal"],
         &[
             vec!["key-ordered, max_in_flight 256".into(), format!("{key:.0}"), format!("{:.2}", key / ideal)],
-            vec!["per-partition (3 partitions)".into(), format!("{partition:.1}"), format!("{:.2}", partition / (3.0 / DELAY.as_secs_f64()))],
+            vec![
+                "per-partition (3 partitions)".into(),
+                format!("{partition:.1}"),
+                format!("{:.2}", partition / (3.0 / DELAY.as_secs_f64())),
+            ],
         ],
     );
     println!("RESULT slow_handler_speedup {:.1}", key / partition);
