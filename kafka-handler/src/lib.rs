@@ -6,6 +6,7 @@ mod consumer;
 mod error;
 pub mod extract;
 mod handler;
+pub mod middleware;
 mod outcome;
 mod producer;
 mod record;

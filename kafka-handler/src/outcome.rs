@@ -112,6 +112,36 @@ impl std::error::Error for HandlerError {
     }
 }
 
+/// A handler panicked; the runtime and the middleware treat it as a
+/// permanent failure, so one poisonous record cannot stall a partition.
+#[derive(Debug)]
+pub(crate) struct Panicked(String);
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "handler panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+impl HandlerError {
+    /// A caught panic, as a permanent failure.
+    pub(crate) fn from_panic(panic: Box<dyn std::any::Any + Send>) -> Self {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Self::permanent(Panicked(message))
+    }
+
+    /// Whether the failure is a caught handler panic.
+    pub(crate) fn is_panic(&self) -> bool {
+        self.source.is::<Panicked>()
+    }
+}
+
 /// What a handler may return.
 ///
 /// Implemented for `()` (always success), `Result<(), HandlerError>`, and

@@ -150,6 +150,17 @@ impl Outgoing {
         Ok(Self::new(topic, bytes))
     }
 
+    /// A record with the given key and value, either of which may be null.
+    pub(crate) fn from_parts(topic: String, key: Option<Bytes>, payload: Option<Bytes>) -> Self {
+        Self { topic, key, payload, headers: Vec::new(), partition: None }
+    }
+
+    /// Adds a header whose value may be null.
+    pub(crate) fn raw_header(mut self, name: String, value: Option<Bytes>) -> Self {
+        self.headers.push(Header { name, value });
+        self
+    }
+
     /// Sets the key; records with the same key go to the same partition.
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());

@@ -236,6 +236,7 @@ impl ConsumerBuilder {
             self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
         }
         let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
+        self.shared.insert(crate::extract::Group(Arc::from(group_id.as_str())));
         Ok(Consumer {
             config: self.config,
             topics: self.topics,

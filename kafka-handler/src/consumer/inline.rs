@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tower::Service;
 
-use super::lane::{Attempt, BoxedService, Started, panic_error};
+use super::lane::{Attempt, BoxedService, Started};
 use crate::{Disposition, HandlerError, Record};
 
 /// A first poll longer than this is slow.
@@ -79,7 +79,7 @@ impl InlineStart {
                 return Ok(Some(error));
             }
             Ok(Poll::Ready(Err(error))) => Attempt::Failed(error),
-            Err(panic) => return Ok(Some(panic_error(panic))),
+            Err(panic) => return Ok(Some(HandlerError::from_panic(panic))),
         };
         Err(Ok(Started { record, attempt }))
     }

@@ -103,7 +103,8 @@ impl Started {
     ) -> Result<(), HandlerError> {
         let error = match self.attempt {
             Attempt::Running(call, permit) => {
-                let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(panic_error(p)));
+                let result =
+                    AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
                 drop(permit);
                 match result {
                     Ok(()) => return Ok(()),
@@ -149,21 +150,11 @@ async fn handle(
         let result = {
             let _permit = in_flight.acquire().await.expect("the semaphore is never closed");
             let call = async { service.ready().await?.call(record.clone()).await };
-            AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(panic_error(p)))
+            AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)))
         };
         match result {
             Ok(()) => return Ok(()),
             Err(error) => failed = Some(error),
         }
     }
-}
-
-/// A handler panic, as a permanent failure.
-pub(crate) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    HandlerError::permanent(format!("handler panicked: {message}"))
 }

@@ -96,3 +96,24 @@ impl<S: Clone + Send + Sync + 'static> FromRecord for State<S> {
         })
     }
 }
+
+/// Which attempt at the record this is: 1 for the first, counted by the
+/// [retry middleware](crate::middleware::retry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt(pub u32);
+
+impl FromRecord for Attempt {
+    fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
+        Ok(record.extensions().get::<Attempt>().copied().unwrap_or(Attempt(1)))
+    }
+}
+
+/// The consumer group handling the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group(pub std::sync::Arc<str>);
+
+impl FromRecord for Group {
+    fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
+        record.lookup::<Group>().cloned().ok_or_else(|| HandlerError::permanent("the record has no consumer group"))
+    }
+}

@@ -25,7 +25,7 @@ use std::fmt;
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use self::json::Json;
-pub use self::metadata::{Headers, Key, Metadata, Payload, State};
+pub use self::metadata::{Attempt, Group, Headers, Key, Metadata, Payload, State};
 
 use crate::{HandlerError, Record};
 

@@ -1,0 +1,162 @@
+//! The dead-letter topic: where records go that will never succeed, with the
+//! reason on the record.
+//!
+//! A record that fails permanently — a business rule, a payload that does not
+//! decode, a handler panic, retries exhausted — is published to
+//! `<topic>.dlt` with its original key, value and headers plus provenance
+//! headers, and only once the broker acknowledged the dead letter is the
+//! record finished and its offset stored. A crash in between may write a dead
+//! letter twice; it never loses one. If the dead letter cannot be written the
+//! record fails *retryably*, so the runtime tries again instead of moving on.
+//!
+//! | header | value |
+//! | --- | --- |
+//! | `dlt.original.topic`, `dlt.original.partition`, `dlt.original.offset` | where the record was |
+//! | `dlt.original.timestamp` | its timestamp, ms since the epoch (if it had one) |
+//! | `dlt.group` | the consumer group that gave up on it |
+//! | `dlt.error.kind` | `decode`, `panic`, `retries-exhausted` or `permanent` |
+//! | `dlt.error.message` | the error, as text |
+//! | `dlt.attempts` | how many attempts were made |
+
+mod layer;
+
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+
+use futures::FutureExt;
+use tower::{Service, ServiceExt};
+
+pub use self::layer::DeadLetterLayer;
+use crate::extract::{Attempt, Group};
+use crate::handler::BoxHandlerFuture;
+use crate::outcome::BoxError;
+use crate::{Disposition, HandlerError, Outgoing, Record};
+
+/// Header names of the provenance a dead letter carries.
+pub mod headers {
+    /// The topic the record was read from.
+    pub const ORIGINAL_TOPIC: &str = "dlt.original.topic";
+    /// Its partition.
+    pub const ORIGINAL_PARTITION: &str = "dlt.original.partition";
+    /// Its offset.
+    pub const ORIGINAL_OFFSET: &str = "dlt.original.offset";
+    /// Its timestamp, ms since the Unix epoch.
+    pub const ORIGINAL_TIMESTAMP: &str = "dlt.original.timestamp";
+    /// The consumer group that gave up.
+    pub const GROUP: &str = "dlt.group";
+    /// `decode`, `panic`, `retries-exhausted` or `permanent`.
+    pub const ERROR_KIND: &str = "dlt.error.kind";
+    /// The error message.
+    pub const ERROR_MESSAGE: &str = "dlt.error.message";
+    /// Attempts made.
+    pub const ATTEMPTS: &str = "dlt.attempts";
+}
+
+/// Publishes permanently failed records to the dead-letter topic.
+#[derive(Clone, Debug)]
+pub struct DeadLetter<S> {
+    inner: S,
+    config: DeadLetterLayer,
+}
+
+impl<S> Service<Record> for DeadLetter<S>
+where
+    S: Service<Record, Response = ()> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send,
+{
+    type Response = ();
+    type Error = HandlerError;
+    type Future = BoxHandlerFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, record: Record) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let call = async {
+                let ready = inner.ready().await.map_err(HandlerError::from_error)?;
+                ready.call(record.clone()).await.map_err(HandlerError::from_error)
+            };
+            let (error, kind) = match AssertUnwindSafe(call).catch_unwind().await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) if error.disposition() != Disposition::Permanent => return Err(error),
+                Ok(Err(error)) => {
+                    let kind = kind_of(&error);
+                    (error, kind)
+                }
+                Err(panic) => (HandlerError::from_panic(panic), "panic"),
+            };
+            let attempts = attempts_of(&error, &record);
+            let dead_letter = dead_letter(&config, &record, &error, kind, attempts);
+            match config.producer.send(dead_letter).await {
+                Ok(at) => {
+                    tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
+                        dlt_partition = at.partition, dlt_offset = at.offset, kind, error = %error,
+                        "record sent to the dead-letter topic");
+                    Ok(())
+                }
+                Err(e) => Err(HandlerError::retryable(format!("could not write the dead letter: {e}"))),
+            }
+        })
+    }
+}
+
+fn kind_of(error: &HandlerError) -> &'static str {
+    if error.is_decode() {
+        "decode"
+    } else if error.is_panic() {
+        "panic"
+    } else if is_exhausted(error) {
+        "retries-exhausted"
+    } else {
+        "permanent"
+    }
+}
+
+#[cfg(feature = "retry")]
+fn is_exhausted(error: &HandlerError) -> bool {
+    error.source_error().is::<crate::middleware::RetriesExhausted>()
+}
+
+#[cfg(not(feature = "retry"))]
+fn is_exhausted(_error: &HandlerError) -> bool {
+    false
+}
+
+fn attempts_of(error: &HandlerError, record: &Record) -> u32 {
+    #[cfg(feature = "retry")]
+    if let Some(exhausted) = error.source_error().downcast_ref::<crate::middleware::RetriesExhausted>() {
+        return exhausted.attempts;
+    }
+    let _ = error;
+    record.extensions().get::<Attempt>().map_or(1, |a| a.0)
+}
+
+fn dead_letter(config: &DeadLetterLayer, record: &Record, error: &HandlerError, kind: &str, attempts: u32) -> Outgoing {
+    let topic = format!("{}{}", record.topic(), config.suffix);
+    let mut out = Outgoing::from_parts(
+        topic,
+        record.key().map(bytes::Bytes::copy_from_slice),
+        record.payload().map(bytes::Bytes::copy_from_slice),
+    );
+    for h in record.headers() {
+        out = out.raw_header(h.name.clone(), h.value.clone());
+    }
+    let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();
+    out = out
+        .header(headers::ORIGINAL_TOPIC, record.topic().to_owned())
+        .header(headers::ORIGINAL_PARTITION, record.partition().to_string())
+        .header(headers::ORIGINAL_OFFSET, record.offset().to_string())
+        .header(headers::GROUP, group)
+        .header(headers::ERROR_KIND, kind.to_owned())
+        .header(headers::ERROR_MESSAGE, error.source_error().to_string())
+        .header(headers::ATTEMPTS, attempts.to_string());
+    if let Some(ts) = record.timestamp() {
+        out = out.header(headers::ORIGINAL_TIMESTAMP, ts.to_string());
+    }
+    out
+}

@@ -1,0 +1,177 @@
+//! Failure handling against the real broker: in-place retries with measured
+//! delays, and the dead-letter topic with provenance headers.
+//!
+//! Invariants: every bad record reaches `<topic>.dlt` exactly with its reason
+//! (0 lost), the good records around them are all handled (the consumer never
+//! stops), and retry delays are never early and at most 250 ms late.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_handler::extract::{Attempt, Headers, Json, Key};
+use kafka_handler::middleware::{DeadLetterLayer, ExponentialBackoff, RetryLayer};
+use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
+use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Order {
+    id: String,
+    kind: String,
+}
+
+/// Runs `consumer` until `done` holds (60 s at most).
+async fn run_until(consumer: Consumer, done: impl Fn() -> bool + Send + 'static) {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run_until(async move {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }),
+    )
+    .await
+    .expect("timed out")
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_reach_the_dead_letter_topic_with_their_reason() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("orders");
+    create_topic(&bootstrap, &topic, 1, 1).await;
+    create_topic(&bootstrap, &format!("{topic}.dlt"), 1, 1).await;
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build().unwrap();
+    let group = random_name("inventory");
+
+    let json = |id: &str, kind: &str| format!(r#"{{"id":"{id}","kind":"{kind}"}}"#);
+    let send = |record: Outgoing| producer.send(record);
+    send(Outgoing::new(&topic, json("good-1", "ok")).key("k")).await.unwrap();
+    send(Outgoing::new(&topic, json("rule", "permanent")).key("k")).await.unwrap();
+    send(Outgoing::new(&topic, "{not json").key("k")).await.unwrap();
+    send(Outgoing::new(&topic, json("binary-key", "ok")).key(vec![0xff, 0xfe, 0x00])).await.unwrap();
+    send(Outgoing::new(&topic, json("garbage-header", "ok")).key("k").header("eventType", vec![0xc3, 0x28]))
+        .await
+        .unwrap();
+    send(Outgoing::new(&topic, json("flaky", "retryable")).key("k")).await.unwrap();
+    send(Outgoing::new(&topic, json("boom", "panic")).key("k")).await.unwrap();
+    send(Outgoing::new(&topic, json("good-2", "ok")).key("k")).await.unwrap();
+
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = handled.clone();
+    let handler = move |Key(key): Key, headers: Headers, Json(order): Json<Order>| {
+        let h = h.clone();
+        async move {
+            let key = key.unwrap_or_default();
+            std::str::from_utf8(&key).map_err(|e| HandlerError::permanent(format!("key is not UTF-8: {e}")))?;
+            if let Some(t) = headers.get("eventType") {
+                std::str::from_utf8(t).map_err(|e| HandlerError::permanent(format!("eventType is not UTF-8: {e}")))?;
+            }
+            match order.kind.as_str() {
+                "permanent" => return Err(HandlerError::permanent("out of stock")),
+                "retryable" => return Err(HandlerError::retryable("inventory API timed out")),
+                "panic" => panic!("bug in handler"),
+                _ => {}
+            }
+            h.lock().unwrap().push(order.id);
+            Ok(())
+        }
+    };
+    let policy = ExponentialBackoff::default().initial(Duration::from_millis(50)).max_retries(2);
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .topic(&topic)
+        .handler(handler)
+        .layer(RetryLayer::with_policy(policy))
+        .layer(DeadLetterLayer::new(producer.clone()))
+        .build()
+        .unwrap();
+    let h = handled.clone();
+    run_until(consumer, move || h.lock().unwrap().len() >= 2).await;
+    assert_eq!(*handled.lock().unwrap(), ["good-1", "good-2"], "the consumer moved past every bad record");
+
+    // A dead-letter consumer is just a handler.
+    let dead: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let d = dead.clone();
+    let monitor = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(random_name("dlt-monitoring"))
+        .topic(format!("{topic}.dlt"))
+        .handler(move |record: Record| {
+            let d = d.clone();
+            async move { d.lock().unwrap().push(record) }
+        })
+        .build()
+        .unwrap();
+    let d = dead.clone();
+    run_until(monitor, move || d.lock().unwrap().len() >= 6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let dead = dead.lock().unwrap();
+    let text = |r: &Record, h: &str| r.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let by_offset: HashMap<i64, &Record> =
+        dead.iter().map(|r| (text(r, "dlt.original.offset").parse().unwrap(), r)).collect();
+    assert_eq!(dead.len(), 6, "one dead letter per bad record, none lost, none doubled");
+    let expect = [
+        (1, "permanent", "out of stock", "1"),
+        (2, "decode", "invalid JSON", "1"),
+        (3, "permanent", "key is not UTF-8", "1"),
+        (4, "permanent", "eventType is not UTF-8", "1"),
+        (5, "retries-exhausted", "inventory API timed out", "3"),
+        (6, "panic", "bug in handler", "1"),
+    ];
+    for (offset, kind, message, attempts) in expect {
+        let r = by_offset.get(&offset).unwrap_or_else(|| panic!("no dead letter for offset {offset}"));
+        assert_eq!(text(r, "dlt.original.topic"), topic);
+        assert_eq!(text(r, "dlt.original.partition"), "0");
+        assert!(text(r, "dlt.original.timestamp").parse::<i64>().is_ok());
+        assert_eq!(text(r, "dlt.group"), group);
+        assert_eq!(text(r, "dlt.error.kind"), kind, "offset {offset}");
+        assert!(text(r, "dlt.error.message").contains(message), "offset {offset}: {}", text(r, "dlt.error.message"));
+        assert_eq!(text(r, "dlt.attempts"), attempts, "offset {offset}");
+    }
+    // The original record travels unchanged.
+    assert_eq!(by_offset[&2].payload(), Some(&b"{not json"[..]));
+    assert_eq!(by_offset[&3].key(), Some(&[0xff, 0xfe, 0x00][..]));
+    assert_eq!(by_offset[&4].header("eventType"), Some(&[0xc3, 0x28][..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_happen_when_due() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("retry");
+    create_topic(&bootstrap, &topic, 1, 1).await;
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build().unwrap();
+    producer.send(Outgoing::new(&topic, "{}")).await.unwrap();
+
+    let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let a = attempts.clone();
+    let handler = move |Attempt(n): Attempt| {
+        let a = a.clone();
+        async move {
+            a.lock().unwrap().push(Instant::now());
+            if n < 3 { Err(HandlerError::retryable("payment gateway down")) } else { Ok(()) }
+        }
+    };
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(random_name("payment"))
+        .topic(&topic)
+        .handler(handler)
+        .layer(RetryLayer::with_policy(ExponentialBackoff::default().without_jitter()))
+        .build()
+        .unwrap();
+    let a = attempts.clone();
+    run_until(consumer, move || a.lock().unwrap().len() >= 3).await;
+
+    let at = attempts.lock().unwrap();
+    assert_eq!(at.len(), 3, "handled on the third attempt");
+    for (gap, due) in [(at[1] - at[0], Duration::from_secs(1)), (at[2] - at[1], Duration::from_secs(2))] {
+        eprintln!("retry after {gap:?}, due after {due:?}");
+        assert!(gap >= due && gap <= due + Duration::from_millis(250), "retry after {gap:?}, due {due:?}");
+    }
+}
