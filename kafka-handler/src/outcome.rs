@@ -137,6 +137,7 @@ impl HandlerError {
     }
 
     /// Whether the failure is a caught handler panic.
+    #[cfg(feature = "dead-letter")]
     pub(crate) fn is_panic(&self) -> bool {
         self.source.is::<Panicked>()
     }

@@ -151,11 +151,13 @@ impl Outgoing {
     }
 
     /// A record with the given key and value, either of which may be null.
+    #[cfg(any(feature = "dead-letter", feature = "retry-topic"))]
     pub(crate) fn from_parts(topic: String, key: Option<Bytes>, payload: Option<Bytes>) -> Self {
         Self { topic, key, payload, headers: Vec::new(), partition: None }
     }
 
     /// Adds a header whose value may be null.
+    #[cfg(any(feature = "dead-letter", feature = "retry-topic"))]
     pub(crate) fn raw_header(mut self, name: String, value: Option<Bytes>) -> Self {
         self.headers.push(Header { name, value });
         self

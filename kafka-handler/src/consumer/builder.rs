@@ -37,6 +37,18 @@ pub struct ConsumerBuilder {
     shared: http::Extensions,
     service: Option<BoxedService>,
     subscription: Option<crate::__private::Subscription>,
+    /// Topics the consumer's own middleware writes to, by source topic.
+    derived_topics: Vec<DerivedTopics>,
+    create_topics: bool,
+}
+
+/// Topics derived from each source topic and the group.
+#[derive(Clone, Copy, Debug)]
+enum DerivedTopics {
+    #[cfg(feature = "retry-topic")]
+    Retry(usize),
+    #[cfg(feature = "dead-letter")]
+    DeadLetter,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -67,6 +79,8 @@ impl ConsumerBuilder {
             shared: http::Extensions::new(),
             service: None,
             subscription: None,
+            derived_topics: Vec::new(),
+            create_topics: true,
         }
     }
 
@@ -193,6 +207,39 @@ impl ConsumerBuilder {
         self
     }
 
+    /// In-place retries with the domain's default policy (three retries,
+    /// 1 s → 2 s → 4 s); see [`RetryLayer`](crate::middleware::RetryLayer).
+    #[cfg(feature = "retry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+    pub fn retry<P: crate::middleware::RetryPolicy>(self, policy: P) -> Self {
+        self.layer(crate::middleware::RetryLayer::with_policy(policy))
+    }
+
+    /// Non-blocking retries through this group's retry topics, which the
+    /// consumer also subscribes to; see [`RetryTopicLayer`](crate::middleware::RetryTopicLayer).
+    #[cfg(feature = "retry-topic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "retry-topic")))]
+    pub fn retry_topics(mut self, layer: crate::middleware::RetryTopicLayer) -> Self {
+        self.derived_topics.push(DerivedTopics::Retry(layer.delays.len()));
+        self.layer(layer)
+    }
+
+    /// Permanent failures to `<topic>.dlt`; see [`DeadLetterLayer`](crate::middleware::DeadLetterLayer).
+    #[cfg(feature = "dead-letter")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
+    pub fn dead_letter(mut self, producer: crate::Producer) -> Self {
+        self.derived_topics.push(DerivedTopics::DeadLetter);
+        self.layer(crate::middleware::DeadLetterLayer::new(producer))
+    }
+
+    /// Whether the consumer creates its retry and dead-letter topics at start,
+    /// with the source topic's partition count (default: yes). Turn it off
+    /// for clusters where applications may not create topics.
+    pub fn create_topics(mut self, create: bool) -> Self {
+        self.create_topics = create;
+        self
+    }
+
     /// Checks the configuration and builds the consumer.
     pub fn build(mut self) -> Result<Consumer, Error> {
         let service = self
@@ -235,6 +282,27 @@ impl ConsumerBuilder {
         if self.config.get("group.protocol") != Some("consumer") {
             self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
         }
+        let mut to_create = Vec::new();
+        #[cfg_attr(not(any(feature = "retry-topic", feature = "dead-letter")), allow(unused_variables))]
+        for derived in &self.derived_topics {
+            for source in self.topics.clone() {
+                match *derived {
+                    #[cfg(feature = "retry-topic")]
+                    DerivedTopics::Retry(levels) => {
+                        for level in 1..=levels {
+                            let topic = crate::middleware::retry_topic::retry_topic(&source, &group_id, level);
+                            self.topics.push(topic.clone());
+                            to_create.push((topic, source.clone()));
+                        }
+                    }
+                    #[cfg(feature = "dead-letter")]
+                    DerivedTopics::DeadLetter => to_create.push((format!("{source}.dlt"), source.clone())),
+                }
+            }
+        }
+        if !self.create_topics {
+            to_create.clear();
+        }
         let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
         self.shared.insert(crate::extract::Group(Arc::from(group_id.as_str())));
         Ok(Consumer {
@@ -251,6 +319,7 @@ impl ConsumerBuilder {
             max_buffered,
             shutdown_timeout: self.shutdown_timeout,
             revoke_timeout: self.revoke_timeout,
+            to_create,
         })
     }
 }

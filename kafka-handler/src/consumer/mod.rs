@@ -6,6 +6,7 @@ mod lane;
 mod offsets;
 mod poll_loop;
 mod scheduler;
+mod topics;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -79,6 +80,9 @@ pub struct Consumer {
     max_buffered: usize,
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
+    /// Topics to create before subscribing, each with the partition count of
+    /// its source topic.
+    to_create: Vec<(String, String)>,
 }
 
 impl Consumer {
@@ -111,6 +115,9 @@ impl Consumer {
             shared: self.shared,
             max_buffered: self.max_buffered,
         })));
+        if !self.to_create.is_empty() {
+            topics::create_derived(&self.config, &self.to_create).await?;
+        }
         let context = RuntimeContext { scheduler, revoke_timeout: self.revoke_timeout };
         let consumer: BaseConsumer<RuntimeContext> = self.config.to_client_config().create_with_context(context)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();

@@ -136,8 +136,20 @@ fn attempts_of(error: &HandlerError, record: &Record) -> u32 {
     record.extensions().get::<Attempt>().map_or(1, |a| a.0)
 }
 
+/// Where the record first was: before any retry topic.
+fn origin(record: &Record) -> (String, i32, i64, Option<i64>) {
+    #[cfg(feature = "retry-topic")]
+    {
+        let o = crate::middleware::retry_topic::Origin::of(record);
+        (o.topic, o.partition, o.offset, o.timestamp)
+    }
+    #[cfg(not(feature = "retry-topic"))]
+    (record.topic().to_owned(), record.partition(), record.offset(), record.timestamp())
+}
+
 fn dead_letter(config: &DeadLetterLayer, record: &Record, error: &HandlerError, kind: &str, attempts: u32) -> Outgoing {
-    let topic = format!("{}{}", record.topic(), config.suffix);
+    let (original_topic, partition, offset, timestamp) = origin(record);
+    let topic = format!("{original_topic}{}", config.suffix);
     let mut out = Outgoing::from_parts(
         topic,
         record.key().map(bytes::Bytes::copy_from_slice),
@@ -148,14 +160,14 @@ fn dead_letter(config: &DeadLetterLayer, record: &Record, error: &HandlerError, 
     }
     let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();
     out = out
-        .header(headers::ORIGINAL_TOPIC, record.topic().to_owned())
-        .header(headers::ORIGINAL_PARTITION, record.partition().to_string())
-        .header(headers::ORIGINAL_OFFSET, record.offset().to_string())
+        .header(headers::ORIGINAL_TOPIC, original_topic)
+        .header(headers::ORIGINAL_PARTITION, partition.to_string())
+        .header(headers::ORIGINAL_OFFSET, offset.to_string())
         .header(headers::GROUP, group)
         .header(headers::ERROR_KIND, kind.to_owned())
         .header(headers::ERROR_MESSAGE, error.source_error().to_string())
         .header(headers::ATTEMPTS, attempts.to_string());
-    if let Some(ts) = record.timestamp() {
+    if let Some(ts) = timestamp {
         out = out.header(headers::ORIGINAL_TIMESTAMP, ts.to_string());
     }
     out

@@ -1,0 +1,142 @@
+//! Non-blocking retries through retry topics, against the real broker.
+//!
+//! Invariants: a failing record is retried when due (never early, at most
+//! 250 ms late) while every other record, in its partition and in the others,
+//! is handled at once; retries stay inside the failing group (the other group
+//! handles each record exactly once); a record that never succeeds ends in the
+//! dead-letter topic with its original provenance (0 lost).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_handler::extract::{Attempt, Json};
+use kafka_handler::middleware::RetryTopicLayer;
+use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
+use kafka_handler_tests::events::{TestEvent, produce};
+use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
+
+async fn run_until(consumer: Consumer, done: impl Fn() -> bool + Send + 'static) {
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        consumer.run_until(async move {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }),
+    )
+    .await
+    .expect("timed out")
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_topics_hold_only_the_failing_record_and_only_in_its_group() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("orders");
+    create_topic(&bootstrap, &topic, 3, 1).await;
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build().unwrap();
+    let flaky = TestEvent { event_id: "flaky".into(), key: "flaky".into(), seq: 0 };
+    let broken = TestEvent { event_id: "broken".into(), key: "broken".into(), seq: 0 };
+    producer.send(Outgoing::json(&topic, &flaky).unwrap().key("flaky")).await.unwrap();
+    let broken_at = producer.send(Outgoing::json(&topic, &broken).unwrap().key("broken")).await.unwrap();
+    produce(&producer, &topic, 30, 0, 300).await;
+    let started = Instant::now();
+
+    // inventory: "flaky" fails twice, "broken" always.
+    let attempts: Arc<Mutex<HashMap<String, Vec<(u32, Instant)>>>> = Arc::default();
+    let a = attempts.clone();
+    let inventory = move |Attempt(n): Attempt, Json(ev): Json<TestEvent>| {
+        let a = a.clone();
+        async move {
+            a.lock().unwrap().entry(ev.event_id.clone()).or_default().push((n, Instant::now()));
+            match ev.event_id.as_str() {
+                "flaky" if n < 3 => Err(HandlerError::retryable("inventory API timed out")),
+                "broken" => Err(HandlerError::retryable("inventory API down")),
+                _ => Ok(()),
+            }
+        }
+    };
+    let group = random_name("inventory");
+    let delays = [Duration::from_secs(1), Duration::from_secs(2)];
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .topic(&topic)
+        .handler(inventory)
+        .retry_topics(RetryTopicLayer::with_delays(producer.clone(), delays))
+        .dead_letter(producer.clone())
+        .build()
+        .unwrap();
+    let a = attempts.clone();
+    let notification_group = random_name("notification");
+    let notified: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let n = notified.clone();
+    let notification = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&notification_group)
+        .topic(&topic)
+        .handler(move |Json(ev): Json<TestEvent>| {
+            let n = n.clone();
+            async move { *n.lock().unwrap().entry(ev.event_id).or_default() += 1 }
+        })
+        .build()
+        .unwrap();
+    let n = notified.clone();
+    let inventory_done = move || {
+        let a = a.lock().unwrap();
+        a.len() == 302 && a["flaky"].len() == 3 && a["broken"].len() == 3
+    };
+    tokio::join!(run_until(consumer, inventory_done), run_until(notification, move || n.lock().unwrap().len() == 302));
+
+    let attempts = attempts.lock().unwrap();
+    // Everything else was handled before the first retry was even due.
+    let others_done = attempts
+        .iter()
+        .filter(|(id, _)| !["flaky", "broken"].contains(&id.as_str()))
+        .map(|(_, a)| a[0].1)
+        .max()
+        .unwrap();
+    let flaky = &attempts["flaky"];
+    eprintln!(
+        "other records done after {:?}; flaky attempts after {:?}",
+        others_done - started,
+        flaky.iter().map(|(_, t)| *t - flaky[0].1).collect::<Vec<_>>()
+    );
+    assert!(others_done < flaky[1].1, "other records waited for the retry");
+    assert_eq!(flaky.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
+    for (i, due) in delays.iter().enumerate() {
+        let gap = flaky[i + 1].1 - flaky[i].1;
+        assert!(gap >= *due && gap <= *due + Duration::from_millis(250), "retry {i} after {gap:?}, due {due:?}");
+    }
+    // Retries stayed in the inventory group.
+    let notified = notified.lock().unwrap();
+    assert!(notified.values().all(|&count| count == 1), "notification handled a record twice");
+
+    // "broken" ended in the dead-letter topic with where it first was.
+    let dead: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let d = dead.clone();
+    let monitor = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(random_name("dlt-monitoring"))
+        .topic(format!("{topic}.dlt"))
+        .handler(move |r: Record| {
+            let d = d.clone();
+            async move { d.lock().unwrap().push(r) }
+        })
+        .build()
+        .unwrap();
+    let d = dead.clone();
+    run_until(monitor, move || !d.lock().unwrap().is_empty()).await;
+    let dead = dead.lock().unwrap();
+    let text = |h: &str| String::from_utf8_lossy(dead[0].header(h).unwrap_or_default()).into_owned();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(text("dlt.error.kind"), "retries-exhausted");
+    assert_eq!(text("dlt.attempts"), "3");
+    assert_eq!(text("dlt.original.topic"), topic);
+    assert_eq!(text("dlt.original.partition"), broken_at.partition.to_string());
+    assert_eq!(text("dlt.original.offset"), broken_at.offset.to_string());
+    assert_eq!(text("dlt.group"), group);
+    assert_eq!(text("retry.first.error"), "inventory API down");
+}
