@@ -175,3 +175,77 @@ async fn retries_happen_when_due() {
         assert!(gap >= due && gap <= due + Duration::from_millis(250), "retry after {gap:?}, due {due:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_record_reaches_the_dead_letter_topic_without_its_payload() {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("big");
+    // The source topic takes 2 MB records; its dead-letter topic keeps the broker's 1 MB limit.
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let big = NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000000");
+    for r in admin.create_topics([&big], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+    create_topic(&bootstrap, &format!("{topic}.dlt"), 1, 1).await;
+    let producer =
+        Producer::builder().bootstrap_servers(&bootstrap).set("message.max.bytes", "3000000").build().unwrap();
+    let payload = format!(r#"{{"id":"big","kind":"ok","pad":"{}"}}"#, "x".repeat(2_000_000));
+    producer.send(Outgoing::new(&topic, payload).key("k")).await.unwrap();
+    producer.send(Outgoing::new(&topic, r#"{"id":"after","kind":"ok"}"#).key("k")).await.unwrap();
+
+    const MAX_PAYLOAD: usize = 1_000_000;
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = handled.clone();
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(random_name("inventory"))
+        .topic(&topic)
+        .handler(move |record: Record| {
+            let h = h.clone();
+            async move {
+                let size = record.payload().map_or(0, <[u8]>::len);
+                if size > MAX_PAYLOAD {
+                    return Err(HandlerError::permanent(format!(
+                        "payload of {size} bytes is over the {MAX_PAYLOAD} limit"
+                    )));
+                }
+                let order: Order =
+                    serde_json::from_slice(record.payload().unwrap_or_default()).map_err(HandlerError::permanent)?;
+                h.lock().unwrap().push(order.id);
+                Ok(())
+            }
+        })
+        .dead_letter(producer.clone())
+        .build()
+        .unwrap();
+    let h = handled.clone();
+    run_until(consumer, move || !h.lock().unwrap().is_empty()).await;
+    assert_eq!(*handled.lock().unwrap(), ["after"], "the consumer moved past the oversize record");
+
+    let dead: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let d = dead.clone();
+    let monitor = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(random_name("dlt-monitoring"))
+        .topic(format!("{topic}.dlt"))
+        .handler(move |r: Record| {
+            let d = d.clone();
+            async move { d.lock().unwrap().push(r) }
+        })
+        .build()
+        .unwrap();
+    let d = dead.clone();
+    run_until(monitor, move || !d.lock().unwrap().is_empty()).await;
+    let dead = dead.lock().unwrap();
+    let text = |h: &str| String::from_utf8_lossy(dead[0].header(h).unwrap_or_default()).into_owned();
+    assert_eq!(text("dlt.original.offset"), "0");
+    assert!(text("dlt.error.message").contains("over the 1000000 limit"));
+    assert!(text("dlt.payload.dropped").parse::<usize>().unwrap() > 2_000_000);
+    assert_eq!(dead[0].payload(), None, "the payload stays in the source topic");
+}

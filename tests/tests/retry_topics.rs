@@ -107,10 +107,7 @@ fn check_retries(attempts: &Attempts, delays: &[Duration]) {
         .max()
         .unwrap();
     let flaky = &attempts["flaky"];
-    eprintln!(
-        "flaky attempts after {:?}",
-        flaky.iter().map(|(_, t)| *t - flaky[0].1).collect::<Vec<_>>()
-    );
+    eprintln!("flaky attempts after {:?}", flaky.iter().map(|(_, t)| *t - flaky[0].1).collect::<Vec<_>>());
     assert!(others_done < flaky[1].1, "other records waited for the retry");
     assert_eq!(flaky.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
     for (i, due) in delays.iter().enumerate() {

@@ -17,6 +17,7 @@
 //! | `dlt.error.kind` | `decode`, `panic`, `retries-exhausted` or `permanent` |
 //! | `dlt.error.message` | the error, as text |
 //! | `dlt.attempts` | how many attempts were made |
+//! | `dlt.payload.dropped` | only when the payload was too large for the dead-letter topic: its size; the dead letter then has no value |
 
 mod layer;
 
@@ -50,6 +51,9 @@ pub mod headers {
     pub const ERROR_MESSAGE: &str = "dlt.error.message";
     /// Attempts made.
     pub const ATTEMPTS: &str = "dlt.attempts";
+    /// Present when the payload was too large for the dead-letter topic and
+    /// was left out: its size in bytes. Read it from the original offset.
+    pub const PAYLOAD_DROPPED: &str = "dlt.payload.dropped";
 }
 
 /// Publishes permanently failed records to the dead-letter topic.
@@ -91,8 +95,14 @@ where
                 Err(panic) => (HandlerError::from_panic(panic), "panic"),
             };
             let attempts = attempts_of(&error, &record);
-            let dead_letter = dead_letter(&config, &record, &error, kind, attempts);
-            match config.producer.send(dead_letter).await {
+            let mut result = config.producer.send(dead_letter(&config, &record, &error, kind, attempts, true)).await;
+            if result.as_ref().is_err_and(is_too_large) {
+                // Keep the provenance even when the payload cannot travel.
+                let dropped = dead_letter(&config, &record, &error, kind, attempts, false)
+                    .header(headers::PAYLOAD_DROPPED, record.payload().map_or(0, <[u8]>::len).to_string());
+                result = config.producer.send(dropped).await;
+            }
+            match result {
                 Ok(at) => {
                     tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                         dlt_partition = at.partition, dlt_offset = at.offset, kind, error = %error,
@@ -147,14 +157,25 @@ fn origin(record: &Record) -> (String, i32, i64, Option<i64>) {
     (record.topic().to_owned(), record.partition(), record.offset(), record.timestamp())
 }
 
-fn dead_letter(config: &DeadLetterLayer, record: &Record, error: &HandlerError, kind: &str, attempts: u32) -> Outgoing {
+/// The dead letter is larger than the producer or the topic accepts.
+fn is_too_large(error: &crate::Error) -> bool {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge;
+    matches!(error, crate::Error::Kafka(KafkaError::MessageProduction(MessageSizeTooLarge)))
+}
+
+fn dead_letter(
+    config: &DeadLetterLayer,
+    record: &Record,
+    error: &HandlerError,
+    kind: &str,
+    attempts: u32,
+    with_payload: bool,
+) -> Outgoing {
     let (original_topic, partition, offset, timestamp) = origin(record);
     let topic = format!("{original_topic}{}", config.suffix);
-    let mut out = Outgoing::from_parts(
-        topic,
-        record.key().map(bytes::Bytes::copy_from_slice),
-        record.payload().map(bytes::Bytes::copy_from_slice),
-    );
+    let payload = if with_payload { record.payload().map(bytes::Bytes::copy_from_slice) } else { None };
+    let mut out = Outgoing::from_parts(topic, record.key().map(bytes::Bytes::copy_from_slice), payload);
     for h in record.headers() {
         out = out.raw_header(h.name.clone(), h.value.clone());
     }
