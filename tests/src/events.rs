@@ -174,3 +174,35 @@ mod tests {
         assert_eq!(tally(&exp, &log).order_violations, 0);
     }
 }
+
+/// Reads every test event in `topic`, from the start to the current end.
+pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<TestEvent> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "kh-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
+        remaining += high - low;
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while remaining > 0 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            remaining -= 1;
+            if let Some(e) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                events.push(e);
+            }
+        }
+    }
+    events
+}

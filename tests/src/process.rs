@@ -15,6 +15,8 @@ pub struct ConsumerArgs {
     pub group_protocol: &'static str,
     pub delay_ms: u64,
     pub max_in_flight: usize,
+    /// Sequence numbers divisible by this fail permanently (0: none).
+    pub fail_every: u64,
 }
 
 /// A running `kh-test-consumer`; killed when dropped.
@@ -36,6 +38,7 @@ impl ConsumerProcess {
             .args(["--ordering", args.ordering, "--group-protocol", args.group_protocol])
             .args(["--delay-ms", &args.delay_ms.to_string()])
             .args(["--max-in-flight", &args.max_in_flight.to_string()])
+            .args(["--fail-every", &args.fail_every.to_string()])
             .env("RUST_LOG", std::env::var("KH_TEST_CONSUMER_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -20,7 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_kh-test-consumer");
 /// These tests run processes against one broker on a 2-core machine: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Setup {
+pub(crate) struct Setup {
     args: ConsumerArgs,
     dir: TestDir,
     producer: Producer,
@@ -42,6 +42,7 @@ async fn setup(name: &str, partitions: i32, ordering: &'static str, protocol: &'
         group_protocol: protocol,
         delay_ms,
         max_in_flight: 64,
+        fail_every: 0,
     };
     Setup { args, dir, producer }
 }
@@ -151,4 +152,38 @@ async fn scale_partition_ordered_kip848() {
 #[tokio::test]
 async fn scale_key_ordered_kip848() {
     scale_out_and_in("key", "consumer").await;
+}
+
+/// SIGKILL while records are being dead-lettered: the dead letter is
+/// acknowledged before the source offset is stored, so after a restart every
+/// rejected event is in the dead-letter topic (duplicates allowed, 0 lost).
+#[tokio::test]
+async fn sigkill_while_dead_lettering_loses_no_dead_letter() {
+    let _serial = SERIAL.lock().await;
+    let (keys, n, every) = (50u64, 10_000u64, 4u64);
+    let mut s = setup("dlt-kill", 6, "partition", "classic", 1).await;
+    s.args.fail_every = every;
+    create_topic(&s.args.bootstrap, &format!("{}.dlt", s.args.topic), 6, 1).await;
+    produce(&s.producer, &s.args.topic, keys, 0, n).await;
+    let rejected: std::collections::HashSet<(String, u64)> =
+        expected(keys, n).into_iter().filter(|(_, seq)| seq % every == 0).collect();
+
+    let mut first = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "first");
+    wait_for(&s.args.log, Duration::from_secs(90), |log| log.len() >= 2_000).await;
+    first.kill();
+    let mut second = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "second");
+    let accepted = n as usize - rejected.len();
+    wait_for(&s.args.log, Duration::from_secs(120), |log| distinct(log) >= accepted).await;
+    second.terminate(Duration::from_secs(30));
+
+    let dead = kafka_handler_tests::events::read_topic(&s.args.bootstrap, &format!("{}.dlt", s.args.topic)).await;
+    let in_dlt: std::collections::HashSet<(String, u64)> = dead.iter().map(|e| (e.key.clone(), e.seq)).collect();
+    let lost = rejected.difference(&in_dlt).count();
+    eprintln!(
+        "dead letters: {} rejected, {} written, {} distinct, {lost} lost",
+        rejected.len(),
+        dead.len(),
+        in_dlt.len()
+    );
+    assert_eq!(lost, 0, "a dead letter was lost across SIGKILL");
 }

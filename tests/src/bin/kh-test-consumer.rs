@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kafka_handler::extract::{Json, Metadata};
-use kafka_handler::{Consumer, Ordering};
+use kafka_handler::{Consumer, HandlerError, Ordering, Producer};
 use kafka_handler_tests::events::{TestEvent, append};
 
 #[derive(Parser, Debug)]
@@ -29,6 +29,10 @@ struct Args {
     /// `classic` (cooperative-sticky) or `consumer` (KIP-848).
     #[arg(long, default_value = "classic")]
     group_protocol: String,
+    /// Events whose sequence number is a multiple of this fail permanently
+    /// and go to the dead-letter topic (0: none fail).
+    #[arg(long, default_value_t = 0)]
+    fail_every: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -52,22 +56,31 @@ async fn main() -> anyhow::Result<()> {
     };
     let log = args.log.clone();
     let delay = Duration::from_millis(args.delay_ms);
+    let fail_every = args.fail_every;
     let handler = move |meta: Metadata, Json(event): Json<TestEvent>| {
         let log = log.clone();
         async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            if fail_every > 0 && event.seq % fail_every == 0 {
+                return Err(HandlerError::permanent("rejected by the test"));
+            }
             append(&log, &event, meta.partition, meta.offset);
+            Ok(())
         }
     };
     let mut builder = Consumer::builder()
-        .bootstrap_servers(args.bootstrap)
+        .bootstrap_servers(&args.bootstrap)
         .group_id(args.group)
         .topic(args.topic)
         .ordering(ordering)
         .max_in_flight(args.max_in_flight)
         .handler(handler);
+    if fail_every > 0 {
+        let producer = Producer::builder().bootstrap_servers(&args.bootstrap).build()?;
+        builder = builder.dead_letter(producer);
+    }
     if args.group_protocol == "consumer" {
         builder = builder.set("group.protocol", "consumer");
     } else {
