@@ -50,6 +50,10 @@ pub use kafka_handler_macros::handler;
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
+
 /// Not public API: used by code that `#[handler]` generates.
 #[doc(hidden)]
 pub mod __private {

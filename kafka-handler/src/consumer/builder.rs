@@ -225,6 +225,8 @@ impl ConsumerBuilder {
     }
 
     /// Permanent failures to `<topic>.dlt`; see [`DeadLetterLayer`](crate::middleware::DeadLetterLayer).
+    /// The consumer also reads `<topic>.<group>.redrive`, where
+    /// `kafka-handler dlt replay` sends dead letters back to this group only.
     #[cfg(feature = "dead-letter")]
     #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
     pub fn dead_letter(mut self, producer: crate::Producer) -> Self {
@@ -296,7 +298,12 @@ impl ConsumerBuilder {
                         }
                     }
                     #[cfg(feature = "dead-letter")]
-                    DerivedTopics::DeadLetter => to_create.push((format!("{source}.dlt"), source.clone())),
+                    DerivedTopics::DeadLetter => {
+                        to_create.push((format!("{source}.dlt"), source.clone()));
+                        let redrive = crate::middleware::dead_letter::redrive_topic(&source, &group_id);
+                        self.topics.push(redrive.clone());
+                        to_create.push((redrive, source.clone()));
+                    }
                 }
             }
         }

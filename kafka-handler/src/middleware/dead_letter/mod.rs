@@ -56,6 +56,11 @@ pub mod headers {
     pub const PAYLOAD_DROPPED: &str = "dlt.payload.dropped";
 }
 
+/// The topic where dead letters of `topic` are sent back to `group` only.
+pub(crate) fn redrive_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.redrive")
+}
+
 /// Publishes permanently failed records to the dead-letter topic.
 #[derive(Clone, Debug)]
 pub struct DeadLetter<S> {
