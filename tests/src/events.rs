@@ -148,33 +148,6 @@ pub fn distinct(log: &[Handled]) -> usize {
     log.iter().map(|h| (&h.key, h.seq)).collect::<HashSet<_>>().len()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(key: &str, seq: u64) -> Handled {
-        Handled { key: key.into(), seq, partition: 0, offset: 0, pid: 0 }
-    }
-
-    #[test]
-    fn tally_counts_each_invariant() {
-        let exp = expected(2, 6); // k0:0,1,2  k1:0,1,2
-        let log = vec![h("k0", 0), h("k1", 0), h("k0", 1), h("k0", 1), h("k1", 2), h("k0", 2)];
-        let t = tally(&exp, &log);
-        assert_eq!(t.missing, 1, "k1:1 never handled");
-        assert_eq!(t.duplicated, 1, "k0:1 twice");
-        assert_eq!(t.order_violations, 1, "k1:2 before k1:1");
-        assert_eq!(t.unexpected, 0);
-    }
-
-    #[test]
-    fn replays_are_not_order_violations() {
-        let exp = expected(1, 3);
-        let log = vec![h("k0", 0), h("k0", 1), h("k0", 1), h("k0", 2), h("k0", 0)];
-        assert_eq!(tally(&exp, &log).order_violations, 0);
-    }
-}
-
 /// Reads every test event in `topic`, from the start to the current end.
 pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<TestEvent> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -205,4 +178,31 @@ pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<TestEvent> {
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(key: &str, seq: u64) -> Handled {
+        Handled { key: key.into(), seq, partition: 0, offset: 0, pid: 0 }
+    }
+
+    #[test]
+    fn tally_counts_each_invariant() {
+        let exp = expected(2, 6); // k0:0,1,2  k1:0,1,2
+        let log = vec![h("k0", 0), h("k1", 0), h("k0", 1), h("k0", 1), h("k1", 2), h("k0", 2)];
+        let t = tally(&exp, &log);
+        assert_eq!(t.missing, 1, "k1:1 never handled");
+        assert_eq!(t.duplicated, 1, "k0:1 twice");
+        assert_eq!(t.order_violations, 1, "k1:2 before k1:1");
+        assert_eq!(t.unexpected, 0);
+    }
+
+    #[test]
+    fn replays_are_not_order_violations() {
+        let exp = expected(1, 3);
+        let log = vec![h("k0", 0), h("k0", 1), h("k0", 1), h("k0", 2), h("k0", 0)];
+        assert_eq!(tally(&exp, &log).order_violations, 0);
+    }
 }
