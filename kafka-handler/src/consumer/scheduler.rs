@@ -74,6 +74,8 @@ struct PartitionState {
     lanes: HashMap<LaneKey, Lane>,
     outstanding: usize,
     paused: bool,
+    /// Delivered a record while the buffer was full: pause it.
+    overfull: bool,
 }
 
 impl PartitionState {
@@ -179,6 +181,7 @@ impl Scheduler {
                     lanes: HashMap::default(),
                     outstanding: 0,
                     paused: false,
+                    overfull: false,
                 },
             );
         }
@@ -226,6 +229,9 @@ impl Scheduler {
         state.tracker.dispatched(offset);
         state.outstanding += 1;
         self.buffered += 1;
+        if self.buffered > self.max_buffered {
+            state.overfull = true;
+        }
         if let Some(lane) = state.lanes.get_mut(&lane_key) {
             lane.queued += 1;
             // The lane task only stops when its sender is dropped, so this cannot fail.
@@ -313,11 +319,13 @@ impl Scheduler {
         }
     }
 
-    /// Pauses fetching from a partition whose share of the buffer is full, and
-    /// from all of them when the whole buffer is; resumes a partition when
-    /// half of its share and half of the buffer are free. Each partition gets
-    /// an equal share of `max_buffered`, so a partition with a deep backlog
-    /// cannot starve the others.
+    /// Pauses fetching from a partition whose share of the buffer is full, or
+    /// that delivered a record while the whole buffer was; resumes a partition
+    /// when half of its share is free and the buffer is not full. Each
+    /// partition gets an equal share of `max_buffered`, so a partition with a
+    /// deep backlog cannot starve the others, and a partition that delivers
+    /// rarely (a retry topic behind a source topic's backlog) is not paused
+    /// for what the others hold.
     pub(crate) fn apply_backpressure(&mut self, consumer: &BaseConsumer<RuntimeContext>) {
         if self.stopping {
             return;
@@ -325,14 +333,14 @@ impl Scheduler {
         let assigned: usize = self.partitions.values().map(|parts| parts.len()).sum();
         let share = (self.max_buffered / assigned.max(1)).max(1);
         let full = self.buffered >= self.max_buffered;
-        let half_free = self.buffered <= self.max_buffered / 2;
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for (topic, parts) in &mut self.partitions {
             for (&partition, state) in parts.iter_mut() {
-                if !state.paused && (full || state.outstanding >= share) {
+                if !state.paused && (state.overfull || state.outstanding >= share) {
                     state.paused = true;
+                    state.overfull = false;
                     pause.add_partition(topic, partition);
-                } else if state.paused && half_free && state.outstanding <= share / 2 {
+                } else if state.paused && !full && state.outstanding <= share / 2 {
                     state.paused = false;
                     resume.add_partition(topic, partition);
                 }
