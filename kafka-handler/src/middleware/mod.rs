@@ -2,24 +2,9 @@
 //!
 //! Handlers are [`tower::Service`]s (see [`Handler::into_service`](crate::Handler::into_service)),
 //! so these layers compose with the ecosystem's (timeout, rate limit,
-//! concurrency limit). Add them on the builder, innermost first:
+//! concurrency limit).
 //!
-//! ```no_run
-//! use kafka_handler::middleware::{DeadLetterLayer, RetryLayer};
-//! use kafka_handler::{Consumer, Producer};
-//! # async fn handle() {}
-//! # fn run() -> Result<(), kafka_handler::Error> {
-//! let producer = Producer::builder().from_env().build()?;
-//! let consumer = Consumer::builder()
-//!     .from_env()
-//!     .group_id("inventory")
-//!     .topic("order.created")
-//!     .handler(handle)
-//!     .layer(RetryLayer::new()) // 1 s → 2 s → 4 s, then give up
-//!     .layer(DeadLetterLayer::new(producer)) // give-ups and permanent failures → order.created.dlt
-//!     .build()?;
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../../../docs/failures.md")]
 
 #[cfg(feature = "dead-letter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
