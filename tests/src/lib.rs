@@ -93,3 +93,36 @@ impl Drop for TestDir {
         }
     }
 }
+
+/// Runs `consumer` until `done` holds, failing after `timeout`; then shuts it
+/// down gracefully.
+pub async fn run_until(consumer: kafka_handler::Consumer, timeout: Duration, done: impl Fn() -> bool + Send + 'static) {
+    let run = consumer.run_until(async move {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::timeout(timeout, run).await.expect("timed out").expect("consumer failed");
+}
+
+/// Reads at least `count` records of `topic` with a consumer of a fresh
+/// group, as a dead-letter monitor would: a dead-letter consumer is just a
+/// handler taking the `Record`.
+pub async fn read_records(bootstrap: &str, topic: &str, count: usize) -> Vec<kafka_handler::Record> {
+    use std::sync::{Arc, Mutex};
+    let records: Arc<Mutex<Vec<kafka_handler::Record>>> = Arc::default();
+    let r = records.clone();
+    let monitor = kafka_handler::Consumer::builder()
+        .bootstrap_servers(bootstrap)
+        .group_id(random_name("dlt-monitoring"))
+        .topic(topic)
+        .handler(move |record: kafka_handler::Record| {
+            let r = r.clone();
+            async move { r.lock().unwrap().push(record) }
+        })
+        .build()
+        .expect("monitor");
+    let r = records.clone();
+    run_until(monitor, Duration::from_secs(60), move || r.lock().unwrap().len() >= count).await;
+    records.lock().unwrap().clone()
+}

@@ -12,28 +12,13 @@ use std::time::{Duration, Instant};
 use kafka_handler::extract::{Attempt, Headers, Json, Key};
 use kafka_handler::middleware::{DeadLetterLayer, ExponentialBackoff, RetryLayer};
 use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
-use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
+use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name, read_records, run_until};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct Order {
     id: String,
     kind: String,
-}
-
-/// Runs `consumer` until `done` holds (60 s at most).
-async fn run_until(consumer: Consumer, done: impl Fn() -> bool + Send + 'static) {
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        consumer.run_until(async move {
-            while !done() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }),
-    )
-    .await
-    .expect("timed out")
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,27 +75,10 @@ async fn bad_records_reach_the_dead_letter_topic_with_their_reason() {
         .build()
         .unwrap();
     let h = handled.clone();
-    run_until(consumer, move || h.lock().unwrap().len() >= 2).await;
+    run_until(consumer, Duration::from_secs(90), move || h.lock().unwrap().len() >= 2).await;
     assert_eq!(*handled.lock().unwrap(), ["good-1", "good-2"], "the consumer moved past every bad record");
 
-    // A dead-letter consumer is just a handler.
-    let dead: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let d = dead.clone();
-    let monitor = Consumer::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(random_name("dlt-monitoring"))
-        .topic(format!("{topic}.dlt"))
-        .handler(move |record: Record| {
-            let d = d.clone();
-            async move { d.lock().unwrap().push(record) }
-        })
-        .build()
-        .unwrap();
-    let d = dead.clone();
-    run_until(monitor, move || d.lock().unwrap().len() >= 6).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let dead = dead.lock().unwrap();
+    let dead = read_records(&bootstrap, &format!("{topic}.dlt"), 6).await;
     let text = |r: &Record, h: &str| r.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     let by_offset: HashMap<i64, &Record> =
         dead.iter().map(|r| (text(r, "dlt.original.offset").parse().unwrap(), r)).collect();
@@ -166,7 +134,7 @@ async fn retries_happen_when_due() {
         .build()
         .unwrap();
     let a = attempts.clone();
-    run_until(consumer, move || a.lock().unwrap().len() >= 3).await;
+    run_until(consumer, Duration::from_secs(90), move || a.lock().unwrap().len() >= 3).await;
 
     let at = attempts.lock().unwrap();
     assert_eq!(at.len(), 3, "handled on the third attempt");
@@ -225,24 +193,10 @@ async fn an_oversize_record_reaches_the_dead_letter_topic_without_its_payload() 
         .build()
         .unwrap();
     let h = handled.clone();
-    run_until(consumer, move || !h.lock().unwrap().is_empty()).await;
+    run_until(consumer, Duration::from_secs(90), move || !h.lock().unwrap().is_empty()).await;
     assert_eq!(*handled.lock().unwrap(), ["after"], "the consumer moved past the oversize record");
 
-    let dead: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let d = dead.clone();
-    let monitor = Consumer::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(random_name("dlt-monitoring"))
-        .topic(format!("{topic}.dlt"))
-        .handler(move |r: Record| {
-            let d = d.clone();
-            async move { d.lock().unwrap().push(r) }
-        })
-        .build()
-        .unwrap();
-    let d = dead.clone();
-    run_until(monitor, move || !d.lock().unwrap().is_empty()).await;
-    let dead = dead.lock().unwrap();
+    let dead = read_records(&bootstrap, &format!("{topic}.dlt"), 1).await;
     let text = |h: &str| String::from_utf8_lossy(dead[0].header(h).unwrap_or_default()).into_owned();
     assert_eq!(text("dlt.original.offset"), "0");
     assert!(text("dlt.error.message").contains("over the 1000000 limit"));

@@ -12,26 +12,12 @@ use std::time::{Duration, Instant};
 
 use kafka_handler::extract::{Attempt, Json};
 use kafka_handler::middleware::RetryTopicLayer;
-use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
+use kafka_handler::{Consumer, HandlerError, Outgoing, Producer};
 use kafka_handler_tests::events::{TestEvent, produce};
-use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
+use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name, read_records, run_until};
 
 /// Attempt numbers and times, by event id.
 type Attempts = HashMap<String, Vec<(u32, Instant)>>;
-
-async fn run_until(consumer: Consumer, done: impl Fn() -> bool + Send + 'static) {
-    tokio::time::timeout(
-        Duration::from_secs(90),
-        consumer.run_until(async move {
-            while !done() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }),
-    )
-    .await
-    .expect("timed out")
-    .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_topics_hold_only_the_failing_record_and_only_in_its_group() {
@@ -90,7 +76,10 @@ async fn retry_topics_hold_only_the_failing_record_and_only_in_its_group() {
         let a = a.lock().unwrap();
         a.len() == 302 && a["flaky"].len() == 3 && a["broken"].len() == 3
     };
-    tokio::join!(run_until(consumer, inventory_done), run_until(notification, move || n.lock().unwrap().len() == 302));
+    tokio::join!(
+        run_until(consumer, Duration::from_secs(90), inventory_done),
+        run_until(notification, Duration::from_secs(90), move || n.lock().unwrap().len() == 302)
+    );
 
     check_retries(&attempts.lock().unwrap(), &delays);
     // Retries stayed in the inventory group.
@@ -118,21 +107,7 @@ fn check_retries(attempts: &Attempts, delays: &[Duration]) {
 
 async fn check_dead_letter(bootstrap: &str, topic: &str, group: &str, broken_at: kafka_handler::Delivered) {
     // "broken" ended in the dead-letter topic with where it first was.
-    let dead: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let d = dead.clone();
-    let monitor = Consumer::builder()
-        .bootstrap_servers(bootstrap)
-        .group_id(random_name("dlt-monitoring"))
-        .topic(format!("{topic}.dlt"))
-        .handler(move |r: Record| {
-            let d = d.clone();
-            async move { d.lock().unwrap().push(r) }
-        })
-        .build()
-        .unwrap();
-    let d = dead.clone();
-    run_until(monitor, move || !d.lock().unwrap().is_empty()).await;
-    let dead = dead.lock().unwrap();
+    let dead = read_records(bootstrap, &format!("{topic}.dlt"), 1).await;
     let text = |h: &str| String::from_utf8_lossy(dead[0].header(h).unwrap_or_default()).into_owned();
     assert_eq!(dead.len(), 1);
     assert_eq!(text("dlt.error.kind"), "retries-exhausted");
