@@ -139,6 +139,10 @@ fn generate(args: &Args, func: ItemFn) -> TokenStream {
                 ::std::boxed::Box::pin(async move { #into_outcome(future.await) })
             }
 
+            fn __call_boxed(self, record: #krate::Record) -> #krate::__private::BoxHandlerFuture {
+                #krate::Handler::<#tuple>::call(self, record)
+            }
+
             fn __subscription(&self) -> ::core::option::Option<#krate::__private::Subscription> {
                 ::core::option::Option::Some(#krate::__private::Subscription {
                     topics: &[#(#topics),*],

@@ -21,7 +21,8 @@ use crate::{Error, Handler, HandlerError, Record};
 ///
 /// Defaults: at-least-once offsets (`enable.auto.offset.store=false`, finished
 /// offsets committed every second and on revoke and shutdown),
-/// `auto.offset.reset=earliest`, the `cooperative-sticky` assignor (unless
+/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=32768`, the
+/// `cooperative-sticky` assignor (unless
 /// `group.protocol=consumer`, KIP-848, is chosen), [`Ordering::Partition`],
 /// 256 handler calls in flight, 10,000 records buffered.
 #[must_use]
@@ -175,7 +176,7 @@ impl ConsumerBuilder {
     /// and group, unless they were set on the builder.
     pub fn handler<H: Handler<T>, T: 'static>(mut self, handler: H) -> Self {
         self.subscription = handler.__subscription();
-        self.service = Some(BoxCloneSyncService::new(handler.into_service()));
+        self.service = Some(BoxedService::handler(handler));
         self
     }
 
@@ -187,21 +188,21 @@ impl ConsumerBuilder {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.service = Some(BoxCloneSyncService::new(service.map_err(HandlerError::from_error)));
+        self.service = Some(BoxedService::Tower(BoxCloneSyncService::new(service.map_err(HandlerError::from_error))));
         self
     }
 
     /// Wraps the handler set so far in a tower layer.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
-        L: Layer<BoxedService>,
+        L: Layer<BoxCloneSyncService<Record, (), HandlerError>>,
         L::Service: Service<Record, Response = ()> + Clone + Send + Sync + 'static,
         <L::Service as Service<Record>>::Error: Into<BoxError>,
         <L::Service as Service<Record>>::Future: Send + 'static,
     {
         if let Some(inner) = self.service.take() {
             let subscription = self.subscription.take();
-            self = self.service(layer.layer(inner));
+            self = self.service(layer.layer(inner.into_tower()));
             self.subscription = subscription;
         }
         self
@@ -281,6 +282,9 @@ impl ConsumerBuilder {
         self.config.set_default("auto.commit.interval.ms", "1000");
         self.config.set_default("auto.offset.reset", "earliest");
         self.config.set_default("enable.partition.eof", "false");
+        // The runtime buffers up to `max_buffered` records itself; librdkafka's
+        // own 64 MiB prefetch default would double the memory for nothing.
+        self.config.set_default("queued.max.messages.kbytes", "32768");
         if self.config.get("group.protocol") != Some("consumer") {
             self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
         }

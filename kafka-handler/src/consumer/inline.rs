@@ -14,7 +14,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tower::Service;
 
 use super::lane::{Attempt, BoxedService, Started};
 use crate::{Disposition, HandlerError, Record};

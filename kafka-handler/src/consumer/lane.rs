@@ -9,14 +9,12 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tokio_mpsc};
-use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
 
 use super::scheduler::{Completion, LaneId};
 use crate::handler::BoxHandlerFuture;
 use crate::{Disposition, HandlerError, Record};
 
-pub(crate) type BoxedService = BoxCloneSyncService<Record, (), HandlerError>;
+pub(crate) use super::service::RecordService as BoxedService;
 
 #[derive(Clone, Debug)]
 pub(crate) struct LaneConfig {
@@ -149,7 +147,7 @@ async fn handle(
         }
         let result = {
             let _permit = in_flight.acquire().await.expect("the semaphore is never closed");
-            let call = async { service.ready().await?.call(record.clone()).await };
+            let call = service.ready_call(record.clone());
             AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)))
         };
         match result {

@@ -6,6 +6,7 @@ mod lane;
 mod offsets;
 mod poll_loop;
 mod scheduler;
+mod service;
 mod topics;
 
 use std::future::Future;

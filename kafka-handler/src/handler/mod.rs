@@ -61,6 +61,13 @@ pub trait Handler<T>: Clone + Send + Sync + Sized + 'static {
         HandlerService::new(self)
     }
 
+    /// Handles `record` with the future boxed; handlers whose future already
+    /// is a box return it as it is.
+    #[doc(hidden)]
+    fn __call_boxed(self, record: Record) -> BoxHandlerFuture {
+        Box::pin(self.call(record))
+    }
+
     /// Topics and group declared with `#[handler(..)]`, if any.
     #[doc(hidden)]
     fn __subscription(&self) -> Option<crate::__private::Subscription> {
@@ -92,6 +99,10 @@ macro_rules! impl_handler {
                 )*
                 let fut = self($($ty),*);
                 Box::pin(async move { fut.await.into_outcome() })
+            }
+
+            fn __call_boxed(self, record: Record) -> BoxHandlerFuture {
+                self.call(record)
             }
         }
     };
