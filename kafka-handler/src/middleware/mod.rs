@@ -22,3 +22,16 @@ pub use self::dead_letter::{DeadLetter, DeadLetterLayer};
 pub use self::retry::{ExponentialBackoff, RetriesExhausted, Retry, RetryLayer, RetryPolicy};
 #[cfg(feature = "retry-topic")]
 pub use self::retry_topic::{RetryTopic, RetryTopicLayer};
+
+/// Waits for `inner` to be ready and calls it, classifying any error with
+/// [`HandlerError::from_error`]: what every layer here does with its inner service.
+#[cfg(any(feature = "retry", feature = "dead-letter"))]
+pub(crate) async fn call_inner<S>(inner: &mut S, record: crate::Record) -> Result<(), crate::HandlerError>
+where
+    S: tower::Service<crate::Record, Response = ()>,
+    S::Error: Into<crate::BoxError>,
+{
+    use tower::ServiceExt;
+    let ready = inner.ready().await.map_err(crate::HandlerError::from_error)?;
+    ready.call(record).await.map_err(crate::HandlerError::from_error)
+}

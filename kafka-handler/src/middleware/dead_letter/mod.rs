@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 pub use self::layer::DeadLetterLayer;
 use crate::extract::{Attempt, Group};
@@ -86,10 +86,7 @@ where
         let mut inner = self.inner.clone();
         let config = self.config.clone();
         Box::pin(async move {
-            let call = async {
-                let ready = inner.ready().await.map_err(HandlerError::from_error)?;
-                ready.call(record.clone()).await.map_err(HandlerError::from_error)
-            };
+            let call = super::call_inner(&mut inner, record.clone());
             let (error, kind) = match AssertUnwindSafe(call).catch_unwind().await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(error)) if error.disposition() != Disposition::Permanent => return Err(error),

@@ -13,7 +13,7 @@ mod policy;
 use std::fmt;
 use std::task::{Context, Poll};
 
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 pub use self::layer::RetryLayer;
 pub use self::policy::{ExponentialBackoff, RetryPolicy};
@@ -59,13 +59,8 @@ where
             loop {
                 let mut this = record.clone();
                 this.extensions_mut().insert(Attempt(attempt));
-                let result = match inner.ready().await {
-                    Ok(ready) => ready.call(this).await,
-                    Err(e) => Err(e),
-                };
-                let error = match result {
-                    Ok(()) => return Ok(()),
-                    Err(e) => HandlerError::from_error(e),
+                let Err(error) = super::call_inner(&mut inner, this).await else {
+                    return Ok(());
                 };
                 match policy.retry(attempt, &error) {
                     Some(delay) => {
@@ -108,6 +103,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
+
+    use tower::{Layer, ServiceExt};
 
     use super::*;
     use crate::{Disposition, Handler};
@@ -155,6 +152,4 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(err.source_error().downcast_ref::<RetriesExhausted>().is_none());
     }
-
-    use tower::Layer;
 }

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 pub use self::layer::RetryTopicLayer;
 use super::RetriesExhausted;
@@ -136,13 +136,8 @@ where
                 }
             }
             record.extensions_mut().insert(Attempt(attempt));
-            let result = match inner.ready().await {
-                Ok(ready) => ready.call(record.clone()).await,
-                Err(e) => Err(e),
-            };
-            let error = match result {
-                Ok(()) => return Ok(()),
-                Err(e) => HandlerError::from_error(e),
+            let Err(error) = super::call_inner(&mut inner, record.clone()).await else {
+                return Ok(());
             };
             let delay = match error.disposition() {
                 Disposition::Permanent => return Err(error),
