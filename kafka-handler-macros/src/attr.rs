@@ -1,4 +1,4 @@
-//! Parsing of `#[handler(topic = "…", group = "…", crate = "…")]`.
+//! Parsing of `#[handler(topic = "…", group = "…", event_id = "…", crate = "…")]`.
 //!
 //! Every mistake is reported once, at the token that is wrong (or at the whole
 //! attribute for a missing argument), with the fix in the message.
@@ -9,12 +9,14 @@ use syn::parse::Parser;
 use syn::{Expr, ExprLit, Lit, LitStr, Path};
 
 /// The valid arguments, as listed in error messages.
-const EXPECTED: &str = "expected `topic`, `topics`, `group` or `crate`";
+const EXPECTED: &str = "expected `topic`, `topics`, `group`, `event_id`, `event_id_header` or `crate`";
 
 /// Messages for errors that are not at a single token, or too long to inline.
 const MISSING_TOPIC: &str =
     "missing topic: add `topic = \"…\"` (or `topics = [\"…\", …]`) to say what the handler consumes";
 const MISSING_GROUP: &str = "missing consumer group: add `group = \"…\"`";
+const TWO_EVENT_IDS: &str =
+    "the event id comes from one place: `event_id = \"…\"` (a payload field) or `event_id_header = \"…\"`, not both";
 const MIXED_FORMS: &str =
     "`topic` and `topics` cannot be combined: repeat `topic = \"…\"` or list them all in `topics = [..]`";
 
@@ -24,8 +26,16 @@ pub(crate) struct Args {
     pub(crate) topics: Vec<LitStr>,
     /// The consumer group, not empty.
     pub(crate) group: LitStr,
+    /// Where the event id is, if declared.
+    pub(crate) event_id: Option<EventId>,
     /// The path to the `kafka_handler` crate (default `::kafka_handler`).
     pub(crate) krate: Path,
+}
+
+/// `event_id = "field"` or `event_id_header = "name"`.
+pub(crate) enum EventId {
+    Field(LitStr),
+    Header(LitStr),
 }
 
 /// Parses the attribute's arguments.
@@ -42,6 +52,7 @@ struct Partial {
     topics: Vec<LitStr>,
     topic_form: Option<&'static str>,
     group: Option<LitStr>,
+    event_id: Option<EventId>,
     krate: Option<Path>,
 }
 
@@ -66,6 +77,14 @@ impl Partial {
                 }
                 let value: Expr = meta.value()?.parse()?;
                 self.group = Some(non_empty_string(&value, "group", "group = \"inventory\"")?);
+            }
+            "event_id" | "event_id_header" => {
+                if self.event_id.is_some() {
+                    return Err(meta.error(TWO_EVENT_IDS));
+                }
+                let value: Expr = meta.value()?.parse()?;
+                let lit = non_empty_string(&value, &name, "event_id = \"eventId\"")?;
+                self.event_id = Some(if name == "event_id" { EventId::Field(lit) } else { EventId::Header(lit) });
             }
             "crate" => {
                 if self.krate.is_some() {
@@ -106,6 +125,7 @@ impl Partial {
         Ok(Args {
             topics: self.topics,
             group: self.group.expect("checked above"),
+            event_id: self.event_id,
             krate: self.krate.unwrap_or_else(|| syn::parse_quote!(::kafka_handler)),
         })
     }
@@ -167,6 +187,13 @@ mod tests {
     #[test]
     fn both_missing_arguments_are_reported() {
         assert_eq!(errors(TokenStream::new()), [MISSING_TOPIC, MISSING_GROUP]);
+    }
+
+    #[test]
+    fn one_event_id_source() {
+        let args = parse(quote::quote!(topic = "a", group = "g", event_id_header = "id")).unwrap();
+        assert!(matches!(args.event_id, Some(EventId::Header(h)) if h.value() == "id"));
+        assert_eq!(errors(quote::quote!(topic = "a", group = "g", event_id = "x", event_id_header = "y")), [TWO_EVENT_IDS]);
     }
 
     #[test]

@@ -89,7 +89,12 @@ fn generate(args: &Args, func: ItemFn) -> TokenStream {
         attrs.iter().filter(|a| a.path().is_ident("doc") || a.path().is_ident("cfg")).collect();
     let cfgs: Vec<&Attribute> = attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
 
-    let Args { topics, group, krate } = args;
+    let Args { topics, group, event_id, krate } = args;
+    let event_id = match event_id {
+        None => quote!(::core::option::Option::None),
+        Some(attr::EventId::Field(f)) => quote!(::core::option::Option::Some(#krate::__private::EventIdDecl::Field(#f))),
+        Some(attr::EventId::Header(h)) => quote!(::core::option::Option::Some(#krate::__private::EventIdDecl::Header(#h))),
+    };
     let arg_types: Vec<&Type> = sig
         .inputs
         .iter()
@@ -147,6 +152,7 @@ fn generate(args: &Args, func: ItemFn) -> TokenStream {
                 ::core::option::Option::Some(#krate::__private::Subscription {
                     topics: &[#(#topics),*],
                     group: ::core::option::Option::Some(#group),
+                    event_id: #event_id,
                 })
             }
         }

@@ -3,6 +3,7 @@
 
 mod config;
 mod consumer;
+pub mod dedup;
 mod error;
 pub mod extract;
 mod handler;
@@ -41,6 +42,8 @@ pub use self::shutdown::shutdown_signal;
 /// The function stays callable as `reserve_stock::handle(..)`, for tests.
 ///
 /// Arguments: `topic = "…"` (repeatable) or `topics = ["…", …]`, `group = "…"`,
+/// where the event id is for [dedup](crate::dedup) (`event_id = "field"` for a
+/// payload field, or `event_id_header = "name"`; default the field `eventId`),
 /// and `crate = "path"` when `kafka_handler` is renamed.
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
@@ -64,5 +67,22 @@ pub mod __private {
     pub struct Subscription {
         pub topics: &'static [&'static str],
         pub group: Option<&'static str>,
+        pub event_id: Option<EventIdDecl>,
+    }
+
+    /// `event_id = ".."` or `event_id_header = ".."`.
+    #[derive(Clone, Copy, Debug)]
+    pub enum EventIdDecl {
+        Field(&'static str),
+        Header(&'static str),
+    }
+
+    impl Subscription {
+        pub(crate) fn event_id(&self) -> Option<crate::dedup::EventIdSource> {
+            self.event_id.map(|decl| match decl {
+                EventIdDecl::Field(f) => crate::dedup::EventIdSource::field(f),
+                EventIdDecl::Header(h) => crate::dedup::EventIdSource::header(h),
+            })
+        }
     }
 }

@@ -38,9 +38,28 @@ pub struct ConsumerBuilder {
     shared: http::Extensions,
     service: Option<BoxedService>,
     subscription: Option<crate::__private::Subscription>,
+    /// The runtime's own middleware, applied around the handler and its
+    /// layers in a fixed order at `build`.
+    stack: Stack,
     /// Topics the consumer's own middleware writes to, by source topic.
     derived_topics: Vec<DerivedTopics>,
     create_topics: bool,
+}
+
+/// The runtime's middleware, innermost first: retries in place, then retry
+/// topics, then dedup (so a duplicate is skipped before any retry, and a store
+/// outage is not taken for a handler failure), then the dead-letter topic (so
+/// a record without a valid event id is dead-lettered).
+#[derive(Default)]
+struct Stack {
+    /// The retry layer, generic over its policy.
+    #[cfg(feature = "retry")]
+    retry: Option<Box<dyn FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send>>,
+    #[cfg(feature = "retry-topic")]
+    retry_topics: Option<crate::middleware::RetryTopicLayer>,
+    dedup: Option<crate::middleware::DedupLayer>,
+    #[cfg(feature = "dead-letter")]
+    dead_letter: Option<crate::middleware::DeadLetterLayer>,
 }
 
 /// Topics derived from each source topic and the group.
@@ -80,6 +99,7 @@ impl ConsumerBuilder {
             shared: http::Extensions::new(),
             service: None,
             subscription: None,
+            stack: Stack::default(),
             derived_topics: Vec::new(),
             create_topics: true,
         }
@@ -192,7 +212,11 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Wraps the handler set so far in a tower layer.
+    /// Wraps the handler set so far in a tower layer. Such layers sit inside
+    /// the runtime's own middleware ([`retry`](Self::retry),
+    /// [`retry_topics`](Self::retry_topics), [`dedup`](Self::dedup),
+    /// [`dead_letter`](Self::dead_letter)), which is applied in that order,
+    /// innermost first, whatever the order of the calls.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
         L: Layer<BoxCloneSyncService<Record, (), HandlerError>>,
@@ -212,8 +236,10 @@ impl ConsumerBuilder {
     /// 1 s → 2 s → 4 s); see [`RetryLayer`](crate::middleware::RetryLayer).
     #[cfg(feature = "retry")]
     #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
-    pub fn retry<P: crate::middleware::RetryPolicy>(self, policy: P) -> Self {
-        self.layer(crate::middleware::RetryLayer::with_policy(policy))
+    pub fn retry<P: crate::middleware::RetryPolicy>(mut self, policy: P) -> Self {
+        let layer = crate::middleware::RetryLayer::with_policy(policy);
+        self.stack.retry = Some(Box::new(move |builder: Self| builder.layer(layer)));
+        self
     }
 
     /// Non-blocking retries through this group's retry topics, which the
@@ -222,7 +248,17 @@ impl ConsumerBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "retry-topic")))]
     pub fn retry_topics(mut self, layer: crate::middleware::RetryTopicLayer) -> Self {
         self.derived_topics.push(DerivedTopics::Retry(layer.delays.len()));
-        self.layer(layer)
+        self.stack.retry_topics = Some(layer);
+        self
+    }
+
+    /// Handles each event once per group, checking its event id in a store;
+    /// see [`DedupLayer`](crate::middleware::DedupLayer). The event id comes
+    /// from the layer, else from `#[handler(event_id = ..)]`, else from the
+    /// payload field `eventId`.
+    pub fn dedup(mut self, layer: crate::middleware::DedupLayer) -> Self {
+        self.stack.dedup = Some(layer);
+        self
     }
 
     /// Permanent failures to `<topic>.dlt`; see [`DeadLetterLayer`](crate::middleware::DeadLetterLayer).
@@ -232,7 +268,8 @@ impl ConsumerBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
     pub fn dead_letter(mut self, producer: crate::Producer) -> Self {
         self.derived_topics.push(DerivedTopics::DeadLetter);
-        self.layer(crate::middleware::DeadLetterLayer::new(producer))
+        self.stack.dead_letter = Some(crate::middleware::DeadLetterLayer::new(producer));
+        self
     }
 
     /// Whether the consumer creates its retry and dead-letter topics at start,
@@ -245,10 +282,11 @@ impl ConsumerBuilder {
 
     /// Checks the configuration and builds the consumer.
     pub fn build(mut self) -> Result<Consumer, Error> {
-        let service = self
-            .service
-            .take()
-            .ok_or_else(|| Error::Config("no handler: call `.handler(..)` or `.service(..)`".into()))?;
+        if self.service.is_none() {
+            return Err(Error::Config("no handler: call `.handler(..)` or `.service(..)`".into()));
+        }
+        self = self.apply_stack();
+        let service = self.service.take().expect("checked above");
         if let Some(sub) = &self.subscription {
             if self.topics.is_empty() {
                 self.topics.extend(sub.topics.iter().map(|t| (*t).to_owned()));
@@ -332,6 +370,31 @@ impl ConsumerBuilder {
             revoke_timeout: self.revoke_timeout,
             to_create,
         })
+    }
+}
+
+impl ConsumerBuilder {
+    fn apply_stack(mut self) -> Self {
+        let stack = std::mem::take(&mut self.stack);
+        #[cfg(feature = "retry")]
+        if let Some(apply) = stack.retry {
+            self = apply(self);
+        }
+        #[cfg(feature = "retry-topic")]
+        if let Some(layer) = stack.retry_topics {
+            self = self.layer(layer);
+        }
+        if let Some(mut layer) = stack.dedup {
+            if let Some(source) = self.subscription.as_ref().and_then(|s| s.event_id()) {
+                layer = layer.or_event_id(source);
+            }
+            self = self.layer(layer);
+        }
+        #[cfg(feature = "dead-letter")]
+        if let Some(layer) = stack.dead_letter {
+            self = self.layer(layer);
+        }
+        self
     }
 }
 

@@ -9,6 +9,7 @@
 #[cfg(feature = "dead-letter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
 pub mod dead_letter;
+pub mod dedup;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
@@ -18,6 +19,7 @@ pub mod retry_topic;
 
 #[cfg(feature = "dead-letter")]
 pub use self::dead_letter::{DeadLetter, DeadLetterLayer};
+pub use self::dedup::{Dedup, DedupLayer};
 #[cfg(feature = "retry")]
 pub use self::retry::{ExponentialBackoff, RetriesExhausted, Retry, RetryLayer, RetryPolicy};
 #[cfg(feature = "retry-topic")]
@@ -25,7 +27,6 @@ pub use self::retry_topic::{RetryTopic, RetryTopicLayer};
 
 /// Waits for `inner` to be ready and calls it, classifying any error with
 /// [`HandlerError::from_error`]: what every layer here does with its inner service.
-#[cfg(any(feature = "retry", feature = "dead-letter"))]
 pub(crate) async fn call_inner<S>(inner: &mut S, record: crate::Record) -> Result<(), crate::HandlerError>
 where
     S: tower::Service<crate::Record, Response = ()>,

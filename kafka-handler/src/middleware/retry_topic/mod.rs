@@ -154,6 +154,7 @@ where
             let retry = retry_record(&record, &origin, &group, level, attempt + 1, due, &error);
             match config.producer.send(retry).await {
                 Ok(_) => {
+                    crate::dedup::Deferred::mark(&record);
                     tracing::info!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                         attempt, level, error = %error, "record sent to a retry topic");
                     Ok(())

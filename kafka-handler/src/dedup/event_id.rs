@@ -1,0 +1,218 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::extract::FromRecord;
+use crate::{HandlerError, Record};
+
+/// The longest event id accepted, in bytes.
+const MAX_LEN: usize = 255;
+
+/// Where a record's event id is: a top-level field of its JSON payload, or a
+/// header.
+///
+/// ```
+/// use kafka_handler::dedup::EventIdSource;
+/// use kafka_handler::Record;
+///
+/// let record = Record::builder("order.created").payload(r#"{"eventId":"e-1","quantity":2}"#).build();
+/// assert_eq!(&*EventIdSource::default().event_id(&record).unwrap(), "e-1");
+///
+/// let record = Record::builder("order.created").header("event-id", "e-2").build();
+/// assert_eq!(&*EventIdSource::header("event-id").event_id(&record).unwrap(), "e-2");
+///
+/// let missing = Record::builder("order.created").payload(r#"{"quantity":2}"#).build();
+/// assert!(EventIdSource::default().event_id(&missing).is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventIdSource {
+    /// A top-level field of the JSON payload, a string or an integer.
+    Field(Arc<str>),
+    /// A header, UTF-8.
+    Header(Arc<str>),
+}
+
+impl Default for EventIdSource {
+    /// The payload field `eventId`.
+    fn default() -> Self {
+        Self::field("eventId")
+    }
+}
+
+impl EventIdSource {
+    /// A top-level field of the JSON payload.
+    pub fn field(name: &str) -> Self {
+        Self::Field(Arc::from(name))
+    }
+
+    /// A header.
+    pub fn header(name: &str) -> Self {
+        Self::Header(Arc::from(name))
+    }
+
+    /// The record's event id, checked: present, not empty, at most 255 bytes,
+    /// no control characters.
+    pub fn event_id(&self, record: &Record) -> Result<Arc<str>, EventIdError> {
+        let id = match self {
+            Self::Header(name) => {
+                let value = record.header(name).ok_or_else(|| EventIdError::missing(self))?;
+                Cow::Borrowed(std::str::from_utf8(value).map_err(|_| EventIdError::malformed(self, "not UTF-8"))?)
+            }
+            Self::Field(name) => {
+                let payload = record.payload().ok_or_else(|| EventIdError::missing(self))?;
+                let mut de = serde_json::Deserializer::from_slice(payload);
+                FindField(name)
+                    .deserialize(&mut de)
+                    .map_err(|e| EventIdError::malformed(self, &e.to_string()))?
+                    .ok_or_else(|| EventIdError::missing(self))?
+            }
+        };
+        if id.is_empty() {
+            return Err(EventIdError::malformed(self, "empty"));
+        }
+        if id.len() > MAX_LEN {
+            return Err(EventIdError::malformed(self, "longer than 255 bytes"));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(EventIdError::malformed(self, "contains control characters"));
+        }
+        Ok(Arc::from(id))
+    }
+}
+
+impl fmt::Display for EventIdSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Field(name) => write!(f, "payload field `{name}`"),
+            Self::Header(name) => write!(f, "header `{name}`"),
+        }
+    }
+}
+
+/// A record's event id is missing or malformed. With dedup on, such a record
+/// is a permanent failure: it is never handled without the check.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("event id ({source_name}) {problem}")]
+pub struct EventIdError {
+    source_name: String,
+    problem: String,
+}
+
+impl EventIdError {
+    fn missing(source: &EventIdSource) -> Self {
+        Self { source_name: source.to_string(), problem: "missing".into() }
+    }
+
+    fn malformed(source: &EventIdSource, why: &str) -> Self {
+        Self { source_name: source.to_string(), problem: format!("malformed: {why}") }
+    }
+}
+
+/// The event id of the record being handled, an extractor. With dedup on
+/// it is the id dedup checked; otherwise it is read from the payload field
+/// `eventId`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventId(pub Arc<str>);
+
+impl FromRecord for EventId {
+    fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
+        if let Some(id) = record.extensions().get::<EventId>() {
+            return Ok(id.clone());
+        }
+        EventIdSource::default().event_id(record).map(EventId).map_err(HandlerError::permanent)
+    }
+}
+
+/// Reads one top-level field of a JSON object, skipping the rest unparsed.
+struct FindField<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for FindField<'_> {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FindField<'_> {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if found.is_none() && key == self.0 {
+                found = map.next_value::<IdValue<'de>>()?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A string or an integer; `null` counts as missing.
+struct IdValue<'de>(Option<Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for IdValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IdValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(IdValue(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IdValue(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(IdValue(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IdValue(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(IdValue(None))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(payload: &str) -> Result<Arc<str>, EventIdError> {
+        EventIdSource::default().event_id(&Record::builder("t").payload(payload.to_owned()).build())
+    }
+
+    #[test]
+    fn reads_strings_and_integers_and_skips_the_rest() {
+        assert_eq!(&*id(r#"{"a":{"eventId":"nested"},"eventId":"top","b":[1,2]}"#).unwrap(), "top");
+        assert_eq!(&*id(r#"{"eventId":42}"#).unwrap(), "42");
+        assert_eq!(&*id(r#"{"eventId":"esc\"aped"}"#).unwrap(), "esc\"aped");
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        assert_eq!(id(r#"{"x":1}"#).unwrap_err().to_string(), "event id (payload field `eventId`) missing");
+        assert_eq!(id(r#"{"eventId":null}"#).unwrap_err().to_string(), "event id (payload field `eventId`) missing");
+        assert!(id(r#"{"eventId":""}"#).unwrap_err().to_string().contains("empty"));
+        assert!(id(r#"{"eventId":1.5}"#).unwrap_err().to_string().contains("malformed"));
+        assert!(id("[1]").unwrap_err().to_string().contains("malformed"));
+        assert!(id("{not json").unwrap_err().to_string().contains("malformed"));
+        let long = format!(r#"{{"eventId":"{}"}}"#, "x".repeat(300));
+        assert!(id(&long).unwrap_err().to_string().contains("255"));
+        let r = Record::builder("t").header("id", vec![0xff, 0xfe]).build();
+        assert!(EventIdSource::header("id").event_id(&r).unwrap_err().to_string().contains("UTF-8"));
+    }
+}

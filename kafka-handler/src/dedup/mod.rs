@@ -1,0 +1,167 @@
+//! Idempotent handlers: each event is handled once per consumer group, even
+//! though Kafka delivers it at least once.
+//!
+//! An event is known by its **event id** ([`EventIdSource`]: a payload field,
+//! `eventId` by default, or a header). Two modes:
+//!
+//! - **Dedup with a store** ([`DedupLayer`](crate::middleware::DedupLayer),
+//!   `ConsumerBuilder::dedup`): before the handler runs, the event id is
+//!   *claimed* in a [`DedupStore`] (Redis, PostgreSQL or SQLite) with a lease;
+//!   after the handler succeeded it is marked *done* for the retention
+//!   period; a failure releases the claim so that a retry can run. An event
+//!   already done is acknowledged without running the handler; one in
+//!   progress elsewhere is waited for. This is *at least once with dedup*:
+//!   the effect is repeated only if the process dies between the effect and
+//!   the done mark, and the lease then expires.
+//! - **Transactional** (`dedup::postgres::Transactional`,
+//!   `dedup::sqlite::Transactional`): for handlers whose effect is a write
+//!   to the same database, the dedup row and the effect commit in one
+//!   transaction. This is *exactly once* for the effect.
+//!
+//! The guarantees of each mode, crash point by crash point, are in
+//! `docs/idempotency.md`.
+
+mod batch;
+mod event_id;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use self::event_id::{EventId, EventIdError, EventIdSource};
+use crate::BoxError;
+
+/// A claim on one event id by one owner: what a [`DedupStore`] records.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The consumer group; each group handles an event once.
+    pub group: Arc<str>,
+    /// The event id.
+    pub event_id: Arc<str>,
+    /// Who holds the claim: unique per claim, so that only its holder can
+    /// release it.
+    pub owner: Arc<str>,
+}
+
+/// What a claim found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The claim is ours until its lease expires: run the handler.
+    Acquired,
+    /// The event was handled before: skip it.
+    Done,
+    /// Someone else holds an unexpired claim: wait and claim again.
+    InProgress,
+}
+
+/// Where claims and done marks are kept, keyed by (group, event id).
+///
+/// Every method takes a batch, so that a store can answer many records in
+/// one round trip; the [`DedupLayer`](crate::middleware::DedupLayer) gathers
+/// the records in flight into batches. A store must be safe to call from
+/// several consumers at once: `claim` is atomic per lease.
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims each lease for `ttl` unless its event is done or claimed by
+    /// another owner; returns one [`Claim`] per lease, in order.
+    fn claim<'a>(&'a self, leases: &'a [Lease], ttl: Duration) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>>;
+
+    /// Marks each event done, to be remembered for `retention`.
+    fn complete<'a>(&'a self, leases: &'a [Lease], retention: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Drops each claim, if its owner still holds it, so the event can run again.
+    fn release<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+impl<S: DedupStore + ?Sized> DedupStore for Arc<S> {
+    fn claim<'a>(&'a self, leases: &'a [Lease], ttl: Duration) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>> {
+        (**self).claim(leases, ttl)
+    }
+
+    fn complete<'a>(&'a self, leases: &'a [Lease], retention: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).complete(leases, retention)
+    }
+
+    fn release<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).release(leases)
+    }
+}
+
+impl std::fmt::Debug for dyn DedupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DedupStore")
+    }
+}
+
+/// The dedup store could not be reached or answered unexpectedly.
+///
+/// The runtime fails closed: the record is retried in place with backoff,
+/// never handled without the check, never committed.
+#[derive(Debug, thiserror::Error)]
+#[error("dedup store: {0}")]
+pub struct StoreError(#[source] pub BoxError);
+
+impl StoreError {
+    /// Wraps any error.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+}
+
+/// Counts of what dedup did, for metrics.
+#[derive(Debug, Default)]
+pub struct DedupCounters {
+    pub(crate) claimed: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) waits: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+impl DedupCounters {
+    /// Events claimed, to be handled.
+    pub fn claimed(&self) -> u64 {
+        self.claimed.load(Relaxed)
+    }
+
+    /// Records skipped because their event was done already.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Relaxed)
+    }
+
+    /// Times a record waited for a claim held elsewhere.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Relaxed)
+    }
+
+    /// Store calls that failed (the records were retried).
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+pub(crate) use self::batch::Batcher;
+
+/// Set by a layer that passed the record on to be handled later (a retry
+/// topic): the dedup claim is then released, not marked done.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Deferred(Arc<std::sync::atomic::AtomicBool>);
+
+impl Deferred {
+    pub(crate) fn mark(record: &crate::Record) {
+        if let Some(d) = record.extensions().get::<Deferred>() {
+            d.0.store(true, Relaxed);
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
