@@ -13,6 +13,7 @@ kh_say() { printf 'test bed: %s\n' "$*" >&2; }
 kh_ensure_packages() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1 ||
     missing+=(postgresql)
   [ -x "${JAVA_HOME:-/nonexistent}/bin/java" ] || command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
@@ -46,7 +47,8 @@ kh_testbed_down() {
 }
 
 # kh_testbed_up [testbed.py up options]: start the test bed and export its env
-# (KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, DATABASE_URL, KH_TESTBED, ...; see testbed.py).
+# (KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, REDIS_CLUSTER_URLS, DATABASE_URL, KH_TESTBED, ...;
+# see testbed.py).
 kh_testbed_up() {
   kh_ensure_packages
   python3 "$KH_ROOT/scripts/testbed.py" fetch-kafka >/dev/null

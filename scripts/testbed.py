@@ -2,13 +2,19 @@
 """Local test bed for kafka-handler: real Kafka (KRaft), Redis and PostgreSQL
 processes on 127.0.0.1, random ports, data in a fresh temp dir under /tmp.
 
-  testbed.py up [--brokers N] [--cluster3] [--no-redis] [--no-postgres] --state DIR
+  testbed.py up [--brokers N] [--cluster3] [--redis-cluster] [--no-redis] [--no-postgres] --state DIR
   testbed.py down --state DIR
   testbed.py node stop|start|kill NAME --state DIR
   testbed.py status --state DIR
   testbed.py fetch-kafka      (cache the Kafka jars + class-data archive; print the libs dir)
 
-Component names: kafka (or kafka-1..N with --brokers N), cluster3-1..3, redis, postgres.
+Component names: kafka (or kafka-1..N with --brokers N), cluster3-1..3, redis,
+redis-cluster-1..3, postgres.  --redis-cluster adds a 3-node Redis Cluster (3 masters,
+no replicas, all 16384 slots covered; REDIS_CLUSTER_URLS in DIR/env): `up` forms it
+and waits for cluster_state:ok on every node; `node start redis-cluster-N` waits for
+that again once all three nodes are running (up to ~10 s after a node was down).
+Redis runs without persistence: `node stop|kill|start` keeps a Redis node's port
+(and a cluster node's identity and slots) but not its keys.
 --state defaults to $KH_TESTBED, so a test running under scripts/test can do
 `python3 "$KH_TESTBED_PY" node kill cluster3-2`.  `up` writes DIR/env (shell
 exports) and DIR/state.json (components, ports, PIDs).  Python 3 stdlib only;
@@ -49,22 +55,71 @@ DB_NAME = "kafka_handler"
 
 # ---------------------------------------------------------------- Redis
 
-def redis_node(data, taken):
+def redis_node(data, taken, name="redis", cluster=False):
     exe = shutil.which("redis-server")
     if not exe:
         raise TestbedError("redis-server not found (apt-get install redis-server)")
-    d = os.path.join(data, "redis")
+    d = os.path.join(data, name)
     os.makedirs(d)
     port = core.free_port(taken)
-    return {"kind": "redis", "dir": d, "port": port, "logs": [os.path.join(d, "stdout.log")],
+    comp = {"kind": "redis", "dir": d, "port": port, "logs": [os.path.join(d, "stdout.log")],
             "cmd": [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--daemonize", "no", "--dir", d]}
+    if cluster:
+        # The cluster bus port gets its own free port: the default (port + 10000) could
+        # land in the ephemeral range or on another component.  nodes.conf keeps the
+        # node's identity and slots across `node stop|kill|start`.
+        bus = core.free_port(taken)
+        comp.update(kind="redis-cluster", bus_port=bus)
+        comp["cmd"] += ["--cluster-enabled", "yes", "--cluster-port", str(bus),
+                        "--cluster-config-file", os.path.join(d, "nodes.conf"),
+                        "--cluster-node-timeout", "5000"]
+    return comp
 
 
 def redis_ready(comp):
     with socket.create_connection(("127.0.0.1", comp["port"]), timeout=2) as s:
         s.sendall(b"*1\r\n$4\r\nPING\r\n")
         return s.recv(64).startswith(b"+PONG")
+
+
+def redis_cli():
+    exe = shutil.which("redis-cli")
+    if not exe:
+        raise TestbedError("redis-cli not found (apt-get install redis-tools)")
+    return exe
+
+
+def redis_cluster_info(comp):
+    try:
+        return subprocess.run([redis_cli(), "-h", "127.0.0.1", "-p", str(comp["port"]), "cluster", "info"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=5).stdout
+    except subprocess.TimeoutExpired:
+        return "(CLUSTER INFO timed out)"
+
+
+def redis_cluster_wait(nodes, timeout=60):
+    """Until every node in `nodes` reports cluster_state:ok."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if core.ABORT.is_set():
+            raise TestbedError("interrupted")
+        bad = {c["name"]: redis_cluster_info(c) for c in nodes}
+        bad = {n: info for n, info in bad.items() if "cluster_state:ok" not in info.split()}
+        if not bad:
+            return
+        if time.monotonic() > deadline:
+            raise TestbedError(f"Redis Cluster not ok after {timeout} s (no cluster_state:ok on "
+                               f"{', '.join(bad)}); CLUSTER INFO of {next(iter(bad))}:\n"
+                               f"{next(iter(bad.values())).strip()}")
+        time.sleep(0.2)
+
+
+def redis_cluster_form(nodes):
+    """Join the (running, empty) nodes into one cluster: all masters, slots split evenly."""
+    core.run([redis_cli(), "--cluster", "create", *(f"127.0.0.1:{c['port']}" for c in nodes),
+              "--cluster-replicas", "0", "--cluster-yes"], "creating the Redis Cluster", timeout=60)
+    redis_cluster_wait(nodes)
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -123,7 +178,7 @@ def pg_remove_shm(comp):
         subprocess.run(["ipcrm", "-m", str(shmid)], stderr=subprocess.DEVNULL)
 
 
-PROBES = {"kafka": kafka.ready, "redis": redis_ready, "postgres": pg_ready}
+PROBES = {"kafka": kafka.ready, "redis": redis_ready, "redis-cluster": redis_ready, "postgres": pg_ready}
 STOP_SIGNALS = {"postgres": signal.SIGINT}  # "fast" shutdown; SIGTERM waits for clients
 
 
@@ -193,6 +248,9 @@ def env_file(state_dir, st):
         env["KH_TEST_KAFKA_CLUSTER3_STATE"] = state_dir  # for: testbed.py node ... --state
     if "redis" in comps:
         env["REDIS_URL"] = f"redis://127.0.0.1:{comps['redis']['port']}"
+    cluster_urls = [f"redis://127.0.0.1:{c['port']}" for c in comps.values() if c["kind"] == "redis-cluster"]
+    if cluster_urls:  # the i-th URL is node `redis-cluster-i`
+        env["REDIS_CLUSTER_URLS"] = ",".join(cluster_urls)
     if "postgres" in comps:
         env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:{comps['postgres']['port']}/{DB_NAME}"
     env["KH_TESTBED"] = state_dir
@@ -223,6 +281,9 @@ def cmd_up(a):
             comps.update(kafka.nodes(data, libs, "cluster3", 3, ["-Xms256m", "-Xmx512m"], taken, cds))
         if not a.no_redis:
             comps["redis"] = redis_node(data, taken)
+        if a.redis_cluster:
+            for i in (1, 2, 3):
+                comps[f"redis-cluster-{i}"] = redis_node(data, taken, f"redis-cluster-{i}", cluster=True)
         if not a.no_postgres:
             comps["postgres"] = pg_node(data, taken)
         for name, c in comps.items():
@@ -244,14 +305,26 @@ def cmd_up(a):
                 pg_create_db(c)
             log(f"{c['name']} up at 127.0.0.1:{c['port']} (pid {c['pid']}, {time.monotonic() - t:.1f} s)")
 
-        with concurrent.futures.ThreadPoolExecutor(len(comps)) as ex:
-            futures = [ex.submit(bring_up, c) for c in comps.values()]
+        cluster_nodes = [c for c in comps.values() if c["kind"] == "redis-cluster"]
+
+        def form_redis_cluster(node_jobs):  # once its nodes answer; the rest keeps starting
+            concurrent.futures.wait(node_jobs)
+            if any(f.exception() for f in node_jobs):
+                return  # reported for the node itself
+            t = time.monotonic()
+            redis_cluster_form(cluster_nodes)
+            log(f"redis cluster formed, cluster_state:ok ({time.monotonic() - t:.1f} s)")
+
+        with concurrent.futures.ThreadPoolExecutor(len(comps) + 1) as ex:
+            jobs = {name: ex.submit(bring_up, c) for name, c in comps.items()}
+            if cluster_nodes:
+                jobs["redis-cluster"] = ex.submit(form_redis_cluster, [jobs[c["name"]] for c in cluster_nodes])
             try:
-                concurrent.futures.wait(futures)
+                concurrent.futures.wait(jobs.values())
             except KeyboardInterrupt:  # Ctrl-C / SIGTERM: stop waiting, clean up
                 core.ABORT.set()
-                concurrent.futures.wait(futures)
-            errors = [f"{n}: {f.exception()}" for n, f in zip(comps, futures) if f.exception()]
+                concurrent.futures.wait(jobs.values())
+            errors = [f"{n}: {f.exception()}" for n, f in jobs.items() if f.exception()]
         save(state_dir, st)
         if errors:
             log("startup failed:\n" + "\n\n".join(errors))
@@ -325,6 +398,11 @@ def cmd_node(a):
         save(state_dir, st)
     if a.action == "start":
         core.wait_ready(comp, PROBES[comp["kind"]])
+        cluster = [c for c in st["components"].values() if c["kind"] == "redis-cluster"]
+        if comp["kind"] == "redis-cluster" and all(core.alive(c) for c in cluster):
+            # every node must see the rejoined one (the others lag behind it by up to
+            # 2 x cluster-node-timeout); with a node still down the state stays "fail"
+            redis_cluster_wait(cluster)
         log(f"{a.name} up at 127.0.0.1:{comp['port']} ({time.monotonic() - t:.1f} s)")
     else:
         log(f"{a.name} {'killed' if a.action == 'kill' else 'stopped'} ({time.monotonic() - t:.1f} s)")
@@ -342,7 +420,7 @@ def cmd_status(a):
         up = core.alive(c)
         stopped += not up
         state = f"pid {c['pid']}" if up else "STOPPED"
-        print(f"{name:11} {c['kind']:9} 127.0.0.1:{c['port']:<6} {state}")
+        print(f"{name:15} {c['kind']:13} 127.0.0.1:{c['port']:<6} {state}")
     return 3 if stopped else 0
 
 
@@ -359,6 +437,8 @@ def main():
     up = with_state(sub.add_parser("up", help="start the test bed"))
     up.add_argument("--brokers", type=int, default=1, help="nodes of the main Kafka cluster")
     up.add_argument("--cluster3", action="store_true", help="also start a separate 3-node cluster")
+    up.add_argument("--redis-cluster", action="store_true",
+                    help="also start a 3-node Redis Cluster (REDIS_CLUSTER_URLS)")
     up.add_argument("--no-redis", action="store_true")
     up.add_argument("--no-postgres", action="store_true")
     up.add_argument("--owner-pid", type=int, help="take the test bed down when this process exits")
