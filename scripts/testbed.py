@@ -13,8 +13,9 @@ redis-cluster-1..3, postgres.  --redis-cluster adds a 3-node Redis Cluster (3 ma
 no replicas, all 16384 slots covered; REDIS_CLUSTER_URLS in DIR/env): `up` forms it
 and waits for cluster_state:ok on every node; `node start redis-cluster-N` waits for
 that again once all three nodes are running (up to ~10 s after a node was down).
-Redis runs without persistence: `node stop|kill|start` keeps a Redis node's port
-(and a cluster node's identity and slots) but not its keys.
+Redis keeps an append-only file (fsync every second), as a dedup store in production
+would: `node stop|start` keeps a Redis node's port, keys (and a cluster node's
+identity and slots); `node kill` may lose the last second of writes.
 --state defaults to $KH_TESTBED, so a test running under scripts/test can do
 `python3 "$KH_TESTBED_PY" node kill cluster3-2`.  `up` writes DIR/env (shell
 exports) and DIR/state.json (components, ports, PIDs).  Python 3 stdlib only;
@@ -64,7 +65,7 @@ def redis_node(data, taken, name="redis", cluster=False):
     port = core.free_port(taken)
     comp = {"kind": "redis", "dir": d, "port": port, "logs": [os.path.join(d, "stdout.log")],
             "cmd": [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--daemonize", "no", "--dir", d]}
+                    "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--dir", d]}
     if cluster:
         # The cluster bus port gets its own free port: the default (port + 10000) could
         # land in the ephemeral range or on another component.  nodes.conf keeps the
