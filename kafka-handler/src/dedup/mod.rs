@@ -13,8 +13,8 @@
 //!   progress elsewhere is waited for. This is *at least once with dedup*:
 //!   the effect is repeated only if the process dies between the effect and
 //!   the done mark, and the lease then expires.
-//! - **Transactional** (`dedup::postgres::Transactional`,
-//!   `dedup::sqlite::Transactional`): for handlers whose effect is a write
+//! - **Transactional** ([`transactional::Transactional`], features
+//!   `postgres` and `sqlite`): for handlers whose effect is a write
 //!   to the same database, the dedup row and the effect commit in one
 //!   transaction. This is *exactly once* for the effect.
 //!
@@ -32,6 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub mod transactional;
 
 pub use self::event_id::{EventId, EventIdError, EventIdSource};
 use crate::BoxError;
@@ -148,6 +152,19 @@ impl DedupCounters {
 }
 
 pub(crate) use self::batch::Batcher;
+
+/// Who handled an event, for the `consumer_name` column: host name and
+/// process id.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+pub(crate) fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}
 
 /// Set by a layer that passed the record on to be handled later (a retry
 /// topic): the dedup claim is then released, not marked done.

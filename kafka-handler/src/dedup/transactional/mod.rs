@@ -1,0 +1,309 @@
+//! Exactly-once effects: the dedup row and the handler's writes commit in
+//! one database transaction.
+//!
+//! For each event the runtime inserts `(group, event id)` into
+//! `processed_events` and calls the [`TxHandler`] with the same connection,
+//! inside a transaction; both commit together. A duplicate finds the row and
+//! is acknowledged without calling the handler; a crash before the commit
+//! leaves neither the row nor the effect, and Kafka redelivers the event.
+//! Effects outside the database (an HTTP call) are not covered: use
+//! [store dedup](crate::middleware::DedupLayer) for those.
+//!
+//! Events handled at the same time (from different partitions or keys) are
+//! grouped into one transaction, with a savepoint per event: one event
+//! failing rolls back its own row and writes only, and the others commit.
+//! Grouping makes durable commits cheap: one `fsync` for many events. A
+//! record's outcome is reported only after its transaction committed, so no
+//! offset is stored for an event whose effect might still roll back.
+//!
+#![cfg_attr(feature = "postgres", doc = include_str!("../../docs/transactional.md"))]
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{DedupCounters, EventId, EventIdSource, StoreError};
+use crate::extract::Group;
+use crate::handler::BoxHandlerFuture;
+use crate::{HandlerError, Record};
+
+/// Business logic whose effect is a write to the database of `DB`, made
+/// through `conn`, inside the transaction that also records the event as
+/// processed. Implement it with an `async fn`.
+///
+/// Do not commit or roll back on `conn`: the runtime does. Return an error to
+/// roll back this event's writes; the other events of the transaction are
+/// not affected.
+pub trait TxHandler<DB: Backend>: Clone + Send + Sync + 'static {
+    /// Handles one record.
+    fn handle(
+        &self,
+        conn: &mut DB::Connection,
+        record: Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A database the transactional mode supports: PostgreSQL (feature
+/// `postgres`) or SQLite (feature `sqlite`).
+pub trait Backend: sqlx::Database + sealed::Sealed {
+    #[doc(hidden)]
+    const BEGIN: &'static str;
+
+    #[doc(hidden)]
+    fn execute<'c>(conn: &'c mut Self::Connection, sql: &'static str) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+
+    /// Inserts the dedup row; `false` if it was there.
+    #[doc(hidden)]
+    fn insert_processed<'c>(
+        conn: &'c mut Self::Connection,
+        group: &'c str,
+        event_id: &'c str,
+        consumer: &'c str,
+    ) -> BoxFuture<'c, Result<bool, sqlx::Error>>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Runs a [`TxHandler`] in transactional dedup mode: a [`tower::Service`]
+/// to give to `ConsumerBuilder::service`.
+///
+/// Defaults: the payload field `eventId`, up to 256 events per transaction,
+/// 2 transactions at once (each on its own pooled connection).
+pub struct Transactional<DB: Backend, H> {
+    shared: Arc<Shared<DB, H>>,
+}
+
+struct Shared<DB: Backend, H> {
+    pool: sqlx::Pool<DB>,
+    handler: H,
+    source: EventIdSource,
+    consumer: Arc<str>,
+    max_batch: usize,
+    connections: usize,
+    counters: Arc<DedupCounters>,
+    queue: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+struct Job {
+    record: Record,
+    group: Arc<str>,
+    event_id: Arc<str>,
+    reply: oneshot::Sender<Result<(), HandlerError>>,
+}
+
+impl<DB: Backend, H: TxHandler<DB>> Transactional<DB, H> {
+    /// `handler`, with its writes and the dedup rows on connections of `pool`.
+    pub fn new(pool: sqlx::Pool<DB>, handler: H) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                handler,
+                source: EventIdSource::default(),
+                consumer: Arc::from(super::consumer_name()),
+                max_batch: 256,
+                connections: 2,
+                counters: Arc::default(),
+                queue: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Where the event id is (default: the payload field `eventId`).
+    pub fn event_id(self, source: EventIdSource) -> Self {
+        self.configure(|s| s.source = source)
+    }
+
+    /// Most events in one transaction (default 256).
+    pub fn max_batch(self, n: usize) -> Self {
+        self.configure(|s| s.max_batch = n.max(1))
+    }
+
+    /// Transactions in progress at once, each on its own connection
+    /// (default 2).
+    pub fn connections(self, n: usize) -> Self {
+        self.configure(|s| s.connections = n.max(1))
+    }
+
+    /// Fills the `consumer_name` column (default: host name and process id).
+    pub fn consumer_name(self, name: &str) -> Self {
+        self.configure(|s| s.consumer = Arc::from(name))
+    }
+
+    /// What dedup did so far: events handled (claimed), duplicates skipped
+    /// (hits), failed transactions (store errors).
+    pub fn counters(&self) -> Arc<DedupCounters> {
+        self.shared.counters.clone()
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Shared<DB, H>)) -> Self {
+        f(Arc::get_mut(&mut self.shared).expect("configure before the first call"));
+        self
+    }
+}
+
+impl<DB: Backend, H> Clone for Transactional<DB, H> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl<DB: Backend, H> std::fmt::Debug for Transactional<DB, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transactional")
+            .field("database", &DB::NAME)
+            .field("event_id", &self.shared.source)
+            .field("max_batch", &self.shared.max_batch)
+            .field("connections", &self.shared.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Backend, H: TxHandler<DB>> tower::Service<Record> for Transactional<DB, H> {
+    type Response = ();
+    type Error = HandlerError;
+    type Future = BoxHandlerFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, record: Record) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let event_id = shared.source.event_id(&record).map_err(HandlerError::permanent)?;
+            let group = record.lookup::<Group>().ok_or_else(|| HandlerError::permanent("no consumer group"))?.0.clone();
+            let (reply, outcome) = oneshot::channel();
+            let queue = shared.queue.get_or_init(|| start(&shared));
+            queue
+                .send(Job { record, group, event_id, reply })
+                .map_err(|_| HandlerError::retryable("the transaction workers stopped"))?;
+            outcome.await.map_err(|_| HandlerError::retryable("the transaction workers stopped"))?
+        })
+    }
+}
+
+/// Starts the workers that take jobs in batches; each batch is one
+/// transaction.
+fn start<DB: Backend, H: TxHandler<DB>>(shared: &Arc<Shared<DB, H>>) -> mpsc::UnboundedSender<Job> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..shared.connections {
+        // The workers hold the shared state weakly: they stop once every
+        // clone of the service is gone and the queue closes.
+        let (shared, rx) = (Arc::downgrade(shared), rx.clone());
+        tokio::spawn(async move {
+            let mut carried = Vec::new();
+            loop {
+                let mut batch = std::mem::take(&mut carried);
+                let limit = shared.upgrade().map_or(1, |s| s.max_batch);
+                if batch.len() < limit {
+                    let mut rx = rx.lock().await;
+                    if batch.is_empty() {
+                        if rx.recv_many(&mut batch, limit).await == 0 {
+                            return;
+                        }
+                    } else {
+                        while batch.len() < limit {
+                            match rx.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                let Some(shared) = shared.upgrade() else { return };
+                carried = run_batch(&shared, batch).await;
+            }
+        });
+    }
+    tx
+}
+
+/// One transaction for `batch`; returns the jobs left for the next one (a
+/// second copy of an event already in this transaction).
+async fn run_batch<DB: Backend, H: TxHandler<DB>>(shared: &Shared<DB, H>, batch: Vec<Job>) -> Vec<Job> {
+    let mut seen = HashSet::with_capacity(batch.len());
+    let (now, later): (Vec<Job>, Vec<Job>) =
+        batch.into_iter().partition(|job| seen.insert((job.group.clone(), job.event_id.clone())));
+    let mut outcomes = Vec::with_capacity(now.len());
+    let mut jobs = now.into_iter();
+    if let Err(e) = transaction(shared, &mut jobs, &mut outcomes).await {
+        DedupCounters::add(&shared.counters.store_errors, 1);
+        tracing::warn!(error = %e, "transaction failed; its events will be retried");
+        let message = e.to_string();
+        for (reply, _) in outcomes.drain(..) {
+            let _ = reply.send(Err(HandlerError::retryable(StoreError::new(message.clone()))));
+        }
+        for job in jobs {
+            let _ = job.reply.send(Err(HandlerError::retryable(StoreError::new(message.clone()))));
+        }
+        return later;
+    }
+    for (reply, outcome) in outcomes {
+        let _ = reply.send(outcome);
+    }
+    later
+}
+
+type Outcome = (oneshot::Sender<Result<(), HandlerError>>, Result<(), HandlerError>);
+
+/// Runs the jobs in one transaction, collecting each outcome; any database
+/// error aborts the whole transaction.
+async fn transaction<DB: Backend, H: TxHandler<DB>>(
+    shared: &Shared<DB, H>,
+    jobs: &mut impl Iterator<Item = Job>,
+    outcomes: &mut Vec<Outcome>,
+) -> Result<(), sqlx::Error> {
+    let mut conn = shared.pool.acquire().await?;
+    DB::execute(&mut conn, DB::BEGIN).await?;
+    let result = async {
+        for job in jobs.by_ref() {
+            DB::execute(&mut conn, "SAVEPOINT kh_event").await?;
+            if !DB::insert_processed(&mut conn, &job.group, &job.event_id, &shared.consumer).await? {
+                DedupCounters::add(&shared.counters.hits, 1);
+                DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event").await?;
+                outcomes.push((job.reply, Ok(())));
+                continue;
+            }
+            let mut record = job.record;
+            record.extensions_mut().insert(EventId(job.event_id));
+            let handled = AssertUnwindSafe(shared.handler.handle(&mut conn, record)).catch_unwind().await;
+            let outcome = match handled {
+                Ok(Ok(())) => {
+                    DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event").await?;
+                    DedupCounters::add(&shared.counters.claimed, 1);
+                    Ok(())
+                }
+                Ok(Err(error)) => {
+                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event").await?;
+                    Err(error)
+                }
+                Err(panic) => {
+                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event").await?;
+                    Err(HandlerError::from_panic(panic))
+                }
+            };
+            outcomes.push((job.reply, outcome));
+        }
+        DB::execute(&mut conn, "COMMIT").await
+    }
+    .await;
+    if result.is_err() {
+        // The connection goes back to the pool: leave no transaction open.
+        let _ = DB::execute(&mut conn, "ROLLBACK").await;
+    }
+    result
+}

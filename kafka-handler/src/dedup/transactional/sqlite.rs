@@ -1,0 +1,39 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::{Sqlite, SqliteConnection};
+
+use super::{Backend, sealed};
+
+impl sealed::Sealed for Sqlite {}
+
+impl Backend for Sqlite {
+    // Take the write lock up front: a deferred transaction that later wants
+    // to write can fail with "database is locked" instead of waiting.
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+
+    fn execute<'c>(conn: &'c mut SqliteConnection, sql: &'static str) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        sqlx::raw_sql(sql).execute(conn).map(|r| r.map(drop)).boxed()
+    }
+
+    fn insert_processed<'c>(
+        conn: &'c mut SqliteConnection,
+        group: &'c str,
+        event_id: &'c str,
+        consumer: &'c str,
+    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        sqlx::query(
+            "INSERT INTO processed_events (consumer_group, event_id, consumer_name, processed_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event_id)
+        .bind(consumer)
+        .bind(now)
+        .execute(conn)
+        .map(|r| r.map(|done| done.rows_affected() == 1))
+        .boxed()
+    }
+}
