@@ -2,6 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::task::Poll;
 use std::time::Duration;
@@ -30,12 +31,18 @@ const REPORT_BATCH: usize = 256;
 /// polling thread in batches: when the lane runs dry, when a batch is full,
 /// and before waiting on a handler that did not finish at once — so a slow
 /// record never holds back the report of the fast ones before it.
+///
+/// Once `retired` is set (its partition was given up), the call in progress
+/// runs to its end but nothing more starts: no queued record, no retry. A
+/// handler is never cut off halfway through its effect, and a dedup claim it
+/// holds is completed or released rather than left to expire.
 pub(crate) async fn run_lane(
     mut rx: tokio_mpsc::UnboundedReceiver<Record>,
     config: LaneConfig,
     completions: mpsc::Sender<Completion>,
     lane: LaneId,
     first: Option<Started>,
+    retired: Arc<AtomicBool>,
 ) {
     let LaneConfig { mut service, in_flight, backoff } = config;
     let mut records = Vec::with_capacity(64);
@@ -47,7 +54,7 @@ pub(crate) async fn run_lane(
     };
     if let Some(started) = first {
         let offset = started.record.offset();
-        let failure = started.finish(&mut service, &in_flight, &backoff).await.err();
+        let failure = started.finish(&mut service, &in_flight, &backoff, &retired).await.err();
         finished.push((offset, failure));
         if rx.is_empty() && !report(&mut finished) {
             return;
@@ -55,8 +62,11 @@ pub(crate) async fn run_lane(
     }
     while rx.recv_many(&mut records, 1024).await > 0 {
         for record in records.drain(..) {
+            if retired.load(Relaxed) {
+                return;
+            }
             let offset = record.offset();
-            let call = handle(&mut service, &in_flight, &backoff, record, None);
+            let call = handle(&mut service, &in_flight, &backoff, &retired, record, None);
             tokio::pin!(call);
             let failure = match futures::poll!(&mut call) {
                 Poll::Ready(result) => result.err(),
@@ -98,6 +108,7 @@ impl Started {
         service: &mut BoxedService,
         in_flight: &Semaphore,
         backoff: &ExponentialBuilder,
+        retired: &AtomicBool,
     ) -> Result<(), HandlerError> {
         let error = match self.attempt {
             Attempt::Running(call, permit) => {
@@ -111,7 +122,7 @@ impl Started {
             }
             Attempt::Failed(error) => error,
         };
-        handle(service, in_flight, backoff, self.record, Some(error)).await
+        handle(service, in_flight, backoff, retired, self.record, Some(error)).await
     }
 }
 
@@ -126,6 +137,7 @@ async fn handle(
     service: &mut BoxedService,
     in_flight: &Semaphore,
     backoff: &ExponentialBuilder,
+    retired: &AtomicBool,
     record: Record,
     mut failed: Option<HandlerError>,
 ) -> Result<(), HandlerError> {
@@ -133,6 +145,9 @@ async fn handle(
     let mut attempt = 1u32;
     loop {
         if let Some(error) = failed.take() {
+            if retired.load(Relaxed) {
+                return Err(error);
+            }
             let delay = match error.disposition() {
                 Disposition::Permanent => return Err(error),
                 Disposition::RetryAfter(delay) => delay,

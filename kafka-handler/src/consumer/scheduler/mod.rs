@@ -8,6 +8,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tokio_mpsc;
-use tokio::task::AbortHandle;
 
 mod backpressure;
 
@@ -65,7 +65,8 @@ fn key_hash(key: &[u8]) -> u64 {
 struct Lane {
     tx: tokio_mpsc::UnboundedSender<Record>,
     queued: usize,
-    task: AbortHandle,
+    /// Set when the partition is given up; see [`run_lane`].
+    retired: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -81,9 +82,10 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn abort(&mut self) {
+    /// Stops the lanes: calls in progress finish, nothing else starts.
+    fn retire(&mut self) {
         for (_, lane) in self.lanes.drain() {
-            lane.task.abort();
+            lane.retired.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -266,8 +268,9 @@ impl Scheduler {
             }
         };
         let id = LaneId { topic: Arc::clone(&state.topic), partition, epoch: state.epoch, key: lane_key.clone() };
-        let task = self.runtime.spawn(run_lane(rx, self.lane.clone(), self.completions_tx.clone(), id, first));
-        state.lanes.insert(lane_key, Lane { tx, queued: 1, task: task.abort_handle() });
+        let retired = Arc::new(AtomicBool::new(false));
+        self.runtime.spawn(run_lane(rx, self.lane.clone(), self.completions_tx.clone(), id, first, retired.clone()));
+        state.lanes.insert(lane_key, Lane { tx, queued: 1, retired });
     }
 
     /// Applies every completion reported so far.
@@ -377,7 +380,7 @@ impl Scheduler {
                 self.counts.abandoned += state.outstanding as u64;
             }
             self.buffered -= state.outstanding;
-            state.abort();
+            state.retire();
             if let Some(next) = state.tracker.watermark() {
                 let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(next));
             }
