@@ -22,6 +22,11 @@ pub fn cluster3() -> String {
     env_or_fail("KH_TEST_KAFKA_CLUSTER3", "the 3-broker Kafka cluster")
 }
 
+/// The PostgreSQL database started by `scripts/test`.
+pub fn database_url() -> String {
+    env_or_fail("DATABASE_URL", "PostgreSQL")
+}
+
 fn env_or_fail(name: &str, what: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
