@@ -22,9 +22,14 @@ pub fn cluster3() -> String {
     env_or_fail("KH_TEST_KAFKA_CLUSTER3", "the 3-broker Kafka cluster")
 }
 
-/// The PostgreSQL database started by `scripts/test`.
-pub fn database_url() -> String {
-    env_or_fail("DATABASE_URL", "PostgreSQL")
+/// The standalone Redis started by `scripts/test`.
+pub fn redis_url() -> String {
+    env_or_fail("REDIS_URL", "Redis")
+}
+
+/// The nodes of the 3-node Redis Cluster (`testbed.py up --redis-cluster`).
+pub fn redis_cluster_urls() -> Vec<String> {
+    env_or_fail("REDIS_CLUSTER_URLS", "the 3-node Redis Cluster").split(',').map(str::to_owned).collect()
 }
 
 fn env_or_fail(name: &str, what: &str) -> String {
