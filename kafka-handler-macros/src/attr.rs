@@ -193,7 +193,10 @@ mod tests {
     fn one_event_id_source() {
         let args = parse(quote::quote!(topic = "a", group = "g", event_id_header = "id")).unwrap();
         assert!(matches!(args.event_id, Some(EventId::Header(h)) if h.value() == "id"));
-        assert_eq!(errors(quote::quote!(topic = "a", group = "g", event_id = "x", event_id_header = "y")), [TWO_EVENT_IDS]);
+        assert_eq!(
+            errors(quote::quote!(topic = "a", group = "g", event_id = "x", event_id_header = "y")),
+            [TWO_EVENT_IDS]
+        );
     }
 
     #[test]

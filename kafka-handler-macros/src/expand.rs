@@ -92,8 +92,12 @@ fn generate(args: &Args, func: ItemFn) -> TokenStream {
     let Args { topics, group, event_id, krate } = args;
     let event_id = match event_id {
         None => quote!(::core::option::Option::None),
-        Some(attr::EventId::Field(f)) => quote!(::core::option::Option::Some(#krate::__private::EventIdDecl::Field(#f))),
-        Some(attr::EventId::Header(h)) => quote!(::core::option::Option::Some(#krate::__private::EventIdDecl::Header(#h))),
+        Some(attr::EventId::Field(f)) => {
+            quote!(::core::option::Option::Some(#krate::__private::EventIdDecl::Field(#f)))
+        }
+        Some(attr::EventId::Header(h)) => {
+            quote!(::core::option::Option::Some(#krate::__private::EventIdDecl::Header(#h)))
+        }
     };
     let arg_types: Vec<&Type> = sig
         .inputs

@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod process;
+pub mod stores;
 
 use std::time::Duration;
 
@@ -22,6 +23,11 @@ pub fn cluster3() -> String {
     env_or_fail("KH_TEST_KAFKA_CLUSTER3", "the 3-broker Kafka cluster")
 }
 
+/// The PostgreSQL database started by `scripts/test`.
+pub fn database_url() -> String {
+    env_or_fail("DATABASE_URL", "PostgreSQL")
+}
+
 /// The standalone Redis started by `scripts/test`.
 pub fn redis_url() -> String {
     env_or_fail("REDIS_URL", "Redis")
@@ -32,7 +38,7 @@ pub fn redis_cluster_urls() -> Vec<String> {
     env_or_fail("REDIS_CLUSTER_URLS", "the 3-node Redis Cluster").split(',').map(str::to_owned).collect()
 }
 
-fn env_or_fail(name: &str, what: &str) -> String {
+pub(crate) fn env_or_fail(name: &str, what: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
         _ => panic!(
@@ -40,6 +46,15 @@ fn env_or_fail(name: &str, what: &str) -> String {
              which starts Kafka, Redis and PostgreSQL and sets the environment."
         ),
     }
+}
+
+/// Stops, kills or starts one component of the test bed (`kafka`,
+/// `cluster3-2`, `redis`, …), waiting until a started one answers.
+pub fn testbed_node(action: &str, node: &str) {
+    let script = env_or_fail("KH_TESTBED_PY", "the test bed script");
+    let status =
+        std::process::Command::new("python3").args([&script, "node", action, node]).status().expect("run testbed.py");
+    assert!(status.success(), "testbed.py node {action} {node} failed");
 }
 
 /// A topic name no other test uses.

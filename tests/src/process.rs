@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How a test consumer process is configured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ConsumerArgs {
     pub bootstrap: String,
     pub topic: String,
@@ -17,6 +17,16 @@ pub struct ConsumerArgs {
     pub max_in_flight: usize,
     /// Sequence numbers divisible by this fail permanently (0: none).
     pub fail_every: u64,
+    /// Dedup: `none`, `redis`, `redis-cluster`, `postgres`, `sqlite`,
+    /// `tx-postgres` or `tx-sqlite` (empty: none).
+    pub dedup: &'static str,
+    /// The SQLite file of the SQLite modes.
+    pub sqlite: Option<PathBuf>,
+    /// `auto.commit.interval.ms` (0: the default).
+    pub commit_interval_ms: u64,
+    /// Where the process writes its dedup counters (`claimed hits waits
+    /// store_errors`), rewritten every 100 ms.
+    pub stats: Option<PathBuf>,
 }
 
 /// A running `kh-test-consumer`; killed when dropped.
@@ -24,6 +34,16 @@ pub struct ConsumerArgs {
 pub struct ConsumerProcess {
     child: Child,
     pub stderr_path: PathBuf,
+}
+
+/// Reads a process's dedup counters: (claimed, hits, waits, store errors).
+pub fn read_stats(path: &Path) -> (u64, u64, u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let n: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    match n[..] {
+        [a, b, c, d] => (a, b, c, d),
+        _ => (0, 0, 0, 0),
+    }
 }
 
 impl ConsumerProcess {
@@ -39,6 +59,10 @@ impl ConsumerProcess {
             .args(["--delay-ms", &args.delay_ms.to_string()])
             .args(["--max-in-flight", &args.max_in_flight.to_string()])
             .args(["--fail-every", &args.fail_every.to_string()])
+            .args(["--dedup", if args.dedup.is_empty() { "none" } else { args.dedup }])
+            .args(["--commit-interval-ms", &args.commit_interval_ms.to_string()])
+            .args(args.sqlite.iter().flat_map(|p| [std::ffi::OsStr::new("--sqlite"), p.as_os_str()]))
+            .args(args.stats.iter().flat_map(|p| [std::ffi::OsStr::new("--stats"), p.as_os_str()]))
             .env("RUST_LOG", std::env::var("KH_TEST_CONSUMER_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(stderr)

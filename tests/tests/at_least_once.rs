@@ -42,7 +42,7 @@ async fn setup(name: &str, partitions: i32, ordering: &'static str, protocol: &'
         group_protocol: protocol,
         delay_ms,
         max_in_flight: 64,
-        fail_every: 0,
+        ..ConsumerArgs::default()
     };
     Setup { args, dir, producer }
 }

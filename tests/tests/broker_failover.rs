@@ -4,20 +4,13 @@
 //!
 //! Invariants: 0 missing, 0 per-key order violations.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_handler::extract::{Json, Metadata};
 use kafka_handler::{Consumer, Ordering, Producer};
 use kafka_handler_tests::events::{Handled, TestEvent, expected, produce, tally};
-use kafka_handler_tests::{cluster3, create_topic, init_tracing, random_name};
-
-fn testbed_node(action: &str, node: &str) {
-    let script = std::env::var("KH_TESTBED_PY").expect("KH_TESTBED_PY is set by scripts/test");
-    let status = Command::new("python3").args([&script, "node", action, node]).status().expect("run testbed.py");
-    assert!(status.success(), "testbed.py node {action} {node} failed");
-}
+use kafka_handler_tests::{cluster3, create_topic, init_tracing, random_name, testbed_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_broker_loses_nothing() {

@@ -2,12 +2,15 @@
 //! handles test events and appends each to a log file.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use kafka_handler::dedup::DedupCounters;
 use kafka_handler::extract::{Json, Metadata};
 use kafka_handler::{Consumer, HandlerError, Ordering, Producer};
 use kafka_handler_tests::events::{TestEvent, append};
+use kafka_handler_tests::stores::{self, Mode, TxService};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -33,6 +36,19 @@ struct Args {
     /// and go to the dead-letter topic (0: none fail).
     #[arg(long, default_value_t = 0)]
     fail_every: u64,
+    /// Dedup mode; in the transactional modes the effect is a database row
+    /// instead of a log line.
+    #[arg(long, value_enum, default_value = "none")]
+    dedup: Mode,
+    /// The SQLite file of the SQLite modes.
+    #[arg(long, default_value = "dedup.sqlite")]
+    sqlite: PathBuf,
+    /// `auto.commit.interval.ms` (0: the runtime's default).
+    #[arg(long, default_value_t = 0)]
+    commit_interval_ms: u64,
+    /// Writes the dedup counters (`claimed hits waits store_errors`) here.
+    #[arg(long)]
+    stats: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -75,8 +91,41 @@ async fn main() -> anyhow::Result<()> {
         .group_id(args.group)
         .topic(args.topic)
         .ordering(ordering)
-        .max_in_flight(args.max_in_flight)
-        .handler(handler);
+        .max_in_flight(args.max_in_flight);
+    let counters: Arc<DedupCounters> = if let Some(tx) = TxService::new(args.dedup, &args.sqlite).await {
+        let counters = tx.counters();
+        builder = match tx {
+            TxService::Postgres(s) => builder.service(s),
+            TxService::Sqlite(s) => builder.service(s),
+        };
+        counters
+    } else {
+        builder = builder.handler(handler);
+        match stores::layer(args.dedup, &args.sqlite).await {
+            Some(layer) => {
+                let counters = layer.counters();
+                builder = builder.dedup(layer);
+                counters
+            }
+            None => Arc::default(),
+        }
+    };
+    if let Some(path) = args.stats.clone() {
+        tokio::spawn(async move {
+            loop {
+                let c = &counters;
+                let line = format!("{} {} {} {}\n", c.claimed(), c.hits(), c.waits(), c.store_errors());
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, line).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    if args.commit_interval_ms > 0 {
+        builder = builder.set("auto.commit.interval.ms", args.commit_interval_ms.to_string());
+    }
     if fail_every > 0 {
         let producer = Producer::builder().bootstrap_servers(&args.bootstrap).build()?;
         builder = builder.dead_letter(producer);

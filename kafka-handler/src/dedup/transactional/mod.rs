@@ -209,19 +209,16 @@ fn start<DB: Backend, H: TxHandler<DB>>(shared: &Arc<Shared<DB, H>>) -> mpsc::Un
             loop {
                 let mut batch = std::mem::take(&mut carried);
                 let limit = shared.upgrade().map_or(1, |s| s.max_batch);
-                if batch.len() < limit {
-                    let mut rx = rx.lock().await;
-                    if batch.is_empty() {
-                        if rx.recv_many(&mut batch, limit).await == 0 {
-                            return;
-                        }
-                    } else {
-                        while batch.len() < limit {
-                            match rx.try_recv() {
-                                Ok(job) => batch.push(job),
-                                Err(_) => break,
-                            }
-                        }
+                if batch.is_empty() {
+                    if rx.lock().await.recv_many(&mut batch, limit).await == 0 {
+                        return;
+                    }
+                } else if let Ok(mut rx) = rx.try_lock() {
+                    // Never wait for the queue with jobs in hand: another
+                    // worker may hold it while it waits for new jobs.
+                    while batch.len() < limit {
+                        let Ok(job) = rx.try_recv() else { break };
+                        batch.push(job);
                     }
                 }
                 let Some(shared) = shared.upgrade() else { return };
@@ -236,15 +233,19 @@ fn start<DB: Backend, H: TxHandler<DB>>(shared: &Arc<Shared<DB, H>>) -> mpsc::Un
 /// second copy of an event already in this transaction).
 async fn run_batch<DB: Backend, H: TxHandler<DB>>(shared: &Shared<DB, H>, batch: Vec<Job>) -> Vec<Job> {
     let mut seen = HashSet::with_capacity(batch.len());
-    let (now, later): (Vec<Job>, Vec<Job>) =
+    let (mut now, later): (Vec<Job>, Vec<Job>) =
         batch.into_iter().partition(|job| seen.insert((job.group.clone(), job.event_id.clone())));
+    // Jobs of one batch come from different lanes, so their order is free:
+    // taking row locks in id order keeps concurrent transactions from
+    // deadlocking on each other's dedup rows.
+    now.sort_unstable_by(|a, b| (&a.group, &a.event_id).cmp(&(&b.group, &b.event_id)));
     let mut outcomes = Vec::with_capacity(now.len());
     let mut jobs = now.into_iter();
     if let Err(e) = transaction(shared, &mut jobs, &mut outcomes).await {
         DedupCounters::add(&shared.counters.store_errors, 1);
         tracing::warn!(error = %e, "transaction failed; its events will be retried");
         let message = e.to_string();
-        for (reply, _) in outcomes.drain(..) {
+        for (reply, ..) in outcomes.drain(..) {
             let _ = reply.send(Err(HandlerError::retryable(StoreError::new(message.clone()))));
         }
         for job in jobs {
@@ -252,13 +253,18 @@ async fn run_batch<DB: Backend, H: TxHandler<DB>>(shared: &Shared<DB, H>, batch:
         }
         return later;
     }
-    for (reply, outcome) in outcomes {
+    for (reply, outcome, counter) in outcomes {
+        if let Some(counter) = counter {
+            DedupCounters::add(counter(&shared.counters), 1);
+        }
         let _ = reply.send(outcome);
     }
     later
 }
 
-type Outcome = (oneshot::Sender<Result<(), HandlerError>>, Result<(), HandlerError>);
+/// A job's answer, and what to count once the transaction committed.
+type Outcome = (oneshot::Sender<Result<(), HandlerError>>, Result<(), HandlerError>, Option<Counter>);
+type Counter = fn(&DedupCounters) -> &std::sync::atomic::AtomicU64;
 
 /// Runs the jobs in one transaction, collecting each outcome; any database
 /// error aborts the whole transaction.
@@ -273,18 +279,18 @@ async fn transaction<DB: Backend, H: TxHandler<DB>>(
         for job in jobs.by_ref() {
             DB::execute(&mut conn, "SAVEPOINT kh_event").await?;
             if !DB::insert_processed(&mut conn, &job.group, &job.event_id, &shared.consumer).await? {
-                DedupCounters::add(&shared.counters.hits, 1);
                 DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event").await?;
-                outcomes.push((job.reply, Ok(())));
+                outcomes.push((job.reply, Ok(()), Some(|c| &c.hits)));
                 continue;
             }
             let mut record = job.record;
             record.extensions_mut().insert(EventId(job.event_id));
             let handled = AssertUnwindSafe(shared.handler.handle(&mut conn, record)).catch_unwind().await;
+            let mut counter: Option<Counter> = None;
             let outcome = match handled {
                 Ok(Ok(())) => {
                     DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event").await?;
-                    DedupCounters::add(&shared.counters.claimed, 1);
+                    counter = Some(|c| &c.claimed);
                     Ok(())
                 }
                 Ok(Err(error)) => {
@@ -296,7 +302,7 @@ async fn transaction<DB: Backend, H: TxHandler<DB>>(
                     Err(HandlerError::from_panic(panic))
                 }
             };
-            outcomes.push((job.reply, outcome));
+            outcomes.push((job.reply, outcome, counter));
         }
         DB::execute(&mut conn, "COMMIT").await
     }

@@ -14,7 +14,7 @@
 //! | `dlt.original.topic`, `dlt.original.partition`, `dlt.original.offset` | where the record was |
 //! | `dlt.original.timestamp` | its timestamp, ms since the epoch (if it had one) |
 //! | `dlt.group` | the consumer group that gave up on it |
-//! | `dlt.error.kind` | `decode`, `panic`, `retries-exhausted` or `permanent` |
+//! | `dlt.error.kind` | `decode`, `event-id` (missing or malformed, with dedup on), `panic`, `retries-exhausted` or `permanent` |
 //! | `dlt.error.message` | the error, as text |
 //! | `dlt.attempts` | how many attempts were made |
 //! | `dlt.payload.dropped` | only when the payload was too large for the dead-letter topic: its size; the dead letter then has no value |
@@ -45,7 +45,7 @@ pub mod headers {
     pub const ORIGINAL_TIMESTAMP: &str = "dlt.original.timestamp";
     /// The consumer group that gave up.
     pub const GROUP: &str = "dlt.group";
-    /// `decode`, `panic`, `retries-exhausted` or `permanent`.
+    /// `decode`, `event-id`, `panic`, `retries-exhausted` or `permanent`.
     pub const ERROR_KIND: &str = "dlt.error.kind";
     /// The error message.
     pub const ERROR_MESSAGE: &str = "dlt.error.message";
@@ -120,6 +120,8 @@ where
 fn kind_of(error: &HandlerError) -> &'static str {
     if error.is_decode() {
         "decode"
+    } else if error.source_error().is::<crate::dedup::EventIdError>() {
+        "event-id"
     } else if error.is_panic() {
         "panic"
     } else if is_exhausted(error) {

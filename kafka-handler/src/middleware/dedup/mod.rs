@@ -71,8 +71,12 @@ where
                     Claim::Acquired => break,
                     Claim::Done => {
                         DedupCounters::add(&counters.hits, 1);
-                        tracing::debug!(event_id = &*event_id, topic = record.topic(), offset = record.offset(),
-                            "event handled before: skipped");
+                        tracing::debug!(
+                            event_id = &*event_id,
+                            topic = record.topic(),
+                            offset = record.offset(),
+                            "event handled before: skipped"
+                        );
                         return Ok(());
                     }
                     Claim::InProgress => {
@@ -136,4 +140,3 @@ fn owner() -> Arc<str> {
     });
     Arc::from(format!("{process:016x}-{}", NEXT.fetch_add(1, Relaxed)))
 }
-
