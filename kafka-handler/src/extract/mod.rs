@@ -33,7 +33,7 @@ use crate::{HandlerError, Record};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be taken from a Kafka record",
     label = "not an extractor",
-    note = "handler arguments must implement `FromRecord`: `Json<T>`, `Key`, `Payload`, `Headers`, `Metadata`, `Attempt`, `Group`, `State<T>` or `Record`"
+    note = "handler arguments must implement `FromRecord`: `Json<T>`, `Key`, `Payload`, `Headers`, `Metadata`, `Attempt`, `Group`, `EventId`, `State<T>` or `Record`"
 )]
 pub trait FromRecord: Sized {
     /// Extracts the value. Extractors run in argument order; one may take a
