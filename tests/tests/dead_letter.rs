@@ -2,15 +2,18 @@
 //! delays, and the dead-letter topic with provenance headers.
 //!
 //! Invariants: every bad record reaches `<topic>.dlt` exactly with its reason
-//! (0 lost), the good records around them are all handled (the consumer never
-//! stops), and retry delays are never early and at most 250 ms late.
+//! (0 lost) — with dedup on, a record without a valid event id too — the good
+//! records around them are all handled (the consumer never stops), and retry
+//! delays are never early and at most 250 ms late.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kafka_handler::dedup::EventIdSource;
+use kafka_handler::dedup::redis::RedisStore;
 use kafka_handler::extract::{Attempt, Headers, Json, Key};
-use kafka_handler::middleware::{DeadLetterLayer, ExponentialBackoff, RetryLayer};
+use kafka_handler::middleware::{DeadLetterLayer, DedupLayer, ExponentialBackoff, RetryLayer};
 use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
 use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name, read_records, run_until};
 use serde::Deserialize;
@@ -105,6 +108,51 @@ async fn bad_records_reach_the_dead_letter_topic_with_their_reason() {
     assert_eq!(by_offset[&2].payload(), Some(&b"{not json"[..]));
     assert_eq!(by_offset[&3].key(), Some(&[0xff, 0xfe, 0x00][..]));
     assert_eq!(by_offset[&4].header("eventType"), Some(&[0xc3, 0x28][..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dedup_a_missing_or_malformed_event_id_is_dead_lettered() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("orders");
+    create_topic(&bootstrap, &topic, 1, 1).await;
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build().unwrap();
+    let group = random_name("inventory");
+    let bad =
+        [r#"{"kind":"ok"}"#, r#"{"id":null,"kind":"ok"}"#, r#"{"id":"","kind":"ok"}"#, r#"{"id":[1],"kind":"ok"}"#];
+    producer.send(Outgoing::new(&topic, r#"{"id":"good-1","kind":"ok"}"#).key("k")).await.unwrap();
+    for payload in bad {
+        producer.send(Outgoing::new(&topic, payload).key("k")).await.unwrap();
+    }
+    producer.send(Outgoing::new(&topic, r#"{"id":"good-2","kind":"ok"}"#).key("k")).await.unwrap();
+
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = handled.clone();
+    let store = RedisStore::connect(&kafka_handler_tests::redis_url()).await.unwrap();
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .topic(&topic)
+        .handler(move |Json(order): Json<Order>| {
+            let h = h.clone();
+            async move { h.lock().unwrap().push(order.id) }
+        })
+        .dedup(DedupLayer::new(store).event_id(EventIdSource::field("id")))
+        .dead_letter(producer.clone())
+        .build()
+        .unwrap();
+    let h = handled.clone();
+    run_until(consumer, Duration::from_secs(90), move || h.lock().unwrap().len() >= 2).await;
+    assert_eq!(*handled.lock().unwrap(), ["good-1", "good-2"], "no record was handled without its id");
+
+    let dead = read_records(&bootstrap, &format!("{topic}.dlt"), bad.len()).await;
+    assert_eq!(dead.len(), bad.len(), "one dead letter per record without a valid id");
+    let text = |r: &Record, h: &str| r.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    for (r, reason) in dead.iter().zip(["missing", "missing", "empty", "malformed"]) {
+        assert_eq!(text(r, "dlt.error.kind"), "event-id");
+        let message = text(r, "dlt.error.message");
+        assert!(message.contains("payload field `id`") && message.contains(reason), "{message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //!
 //! Invariants: each dead letter is handled once more by the group that failed
 //! it and by no other group; a dry run changes nothing; the event keeps its
-//! payload (and so its event id).
+//! payload (and so its event id), so with dedup on replaying it a second time
+//! changes nothing.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -11,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kafka_handler::dedup::redis::RedisStore;
 use kafka_handler::extract::Json;
+use kafka_handler::middleware::DedupLayer;
 use kafka_handler::{Consumer, HandlerError, Producer};
 use kafka_handler_tests::events::{TestEvent, produce};
 use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
@@ -52,12 +55,15 @@ async fn replay_sends_dead_letters_back_to_the_failing_group_only() {
     let fault = Arc::new(AtomicBool::new(true));
     let (payment, notification): (Counts, Counts) = Default::default();
     let payment_group = random_name("payment");
+    let dedup = DedupLayer::new(RedisStore::connect(&kafka_handler_tests::redis_url()).await.unwrap());
+    let dedup_counters = dedup.counters();
     let payment_consumer = || {
         Consumer::builder()
             .bootstrap_servers(&bootstrap)
             .group_id(&payment_group)
             .topic(&topic)
             .handler(counting(&payment, Some(fault.clone())))
+            .dedup(dedup.clone())
             .dead_letter(producer.clone())
             .build()
             .unwrap()
@@ -102,6 +108,18 @@ async fn replay_sends_dead_letters_back_to_the_failing_group_only() {
     assert_eq!(cli(&replay).await, ExitCode::SUCCESS);
     wait(payment.clone(), 20).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Replaying the same dead letters again: dedup recognises every event.
+    let hits_before = dedup_counters.hits();
+    assert_eq!(cli(&replay).await, ExitCode::SUCCESS);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while dedup_counters.hits() < hits_before + 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the second replay was not seen as duplicates");
+    assert_eq!(total(&payment), 20, "a second replay ran the handler again");
     stop_tx.send(true).unwrap();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
