@@ -42,7 +42,7 @@ pub use self::shutdown::shutdown_signal;
 /// The function stays callable as `reserve_stock::handle(..)`, for tests.
 ///
 /// Arguments: `topic = "…"` (repeatable) or `topics = ["…", …]`, `group = "…"`,
-/// where the event id is for [dedup](crate::dedup) (`event_id = "field"` for a
+/// where the event id is for [dedup] (`event_id = "field"` for a
 /// payload field, or `event_id_header = "name"`; default the field `eventId`),
 /// and `crate = "path"` when `kafka_handler` is renamed.
 #[cfg(feature = "macros")]

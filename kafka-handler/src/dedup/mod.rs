@@ -1,25 +1,4 @@
-//! Idempotent handlers: each event is handled once per consumer group, even
-//! though Kafka delivers it at least once.
-//!
-//! An event is known by its **event id** ([`EventIdSource`]: a payload field,
-//! `eventId` by default, or a header). Two modes:
-//!
-//! - **Dedup with a store** ([`DedupLayer`](crate::middleware::DedupLayer),
-//!   `ConsumerBuilder::dedup`): before the handler runs, the event id is
-//!   *claimed* in a [`DedupStore`] (Redis, PostgreSQL or SQLite) with a lease;
-//!   after the handler succeeded it is marked *done* for the retention
-//!   period; a failure releases the claim so that a retry can run. An event
-//!   already done is acknowledged without running the handler; one in
-//!   progress elsewhere is waited for. This is *at least once with dedup*:
-//!   the effect is repeated only if the process dies between the effect and
-//!   the done mark, and the lease then expires.
-//! - **Transactional** ([`transactional::Transactional`], features
-//!   `postgres` and `sqlite`): for handlers whose effect is a write
-//!   to the same database, the dedup row and the effect commit in one
-//!   transaction. This is *exactly once* for the effect.
-//!
-//! The guarantees of each mode, crash point by crash point, are in
-//! `docs/idempotency.md`.
+#![doc = include_str!("../../../docs/idempotency.md")]
 
 mod batch;
 mod event_id;

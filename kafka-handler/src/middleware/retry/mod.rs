@@ -5,7 +5,7 @@
 //! up, the last error becomes a permanent [`RetriesExhausted`] failure, which
 //! a [`DeadLetterLayer`](super::DeadLetterLayer) outside it sends to the
 //! dead-letter topic. Each attempt's number is in the record's extensions as
-//! [`Attempt`](crate::extract::Attempt).
+//! [`Attempt`].
 
 mod layer;
 mod policy;

@@ -11,7 +11,7 @@
 //!
 //! Retry topics belong to one consumer group: a failure in `inventory` never
 //! makes `notification` handle the record again. After the last level the
-//! failure becomes a permanent [`RetriesExhausted`](super::RetriesExhausted),
+//! failure becomes a permanent [`RetriesExhausted`],
 //! for the [`DeadLetterLayer`](super::DeadLetterLayer), which writes it to
 //! `<original topic>.dlt` with the original provenance.
 //!
