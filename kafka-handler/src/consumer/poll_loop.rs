@@ -28,8 +28,15 @@ pub(super) fn run(
             let mut scheduler = context.scheduler();
             scheduler.drain_completions();
             scheduler.store_offsets(consumer);
+            #[cfg(feature = "retry-topic")]
+            scheduler.apply_due(consumer);
             scheduler.apply_backpressure(consumer);
-            let timeout = if scheduler.in_flight() > 0 { BUSY_POLL } else { IDLE_POLL };
+            #[cfg_attr(not(feature = "retry-topic"), allow(unused_mut))]
+            let mut timeout = if scheduler.in_flight() > 0 { BUSY_POLL } else { IDLE_POLL };
+            #[cfg(feature = "retry-topic")]
+            if let Some(due) = scheduler.next_due() {
+                timeout = timeout.min(due.max(Duration::from_millis(1)));
+            }
             (timeout, scheduler.capacity().clamp(1, MAX_BATCH))
         };
         if stop.load(Ordering::Acquire) {

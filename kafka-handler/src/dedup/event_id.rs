@@ -2,6 +2,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+#[cfg(feature = "json")]
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::extract::FromRecord;
@@ -60,6 +61,7 @@ impl EventIdSource {
                 let value = record.header(name).ok_or_else(|| EventIdError::missing(self))?;
                 Cow::Borrowed(std::str::from_utf8(value).map_err(|_| EventIdError::malformed(self, "not UTF-8"))?)
             }
+            #[cfg(feature = "json")]
             Self::Field(name) => {
                 let payload = record.payload().ok_or_else(|| EventIdError::missing(self))?;
                 let mut de = serde_json::Deserializer::from_slice(payload);
@@ -67,6 +69,10 @@ impl EventIdSource {
                     .deserialize(&mut de)
                     .map_err(|e| EventIdError::malformed(self, &e.to_string()))?
                     .ok_or_else(|| EventIdError::missing(self))?
+            }
+            #[cfg(not(feature = "json"))]
+            Self::Field(_) => {
+                return Err(EventIdError::malformed(self, "reading a payload field needs the `json` feature"));
             }
         };
         if id.is_empty() {
@@ -126,8 +132,10 @@ impl FromRecord for EventId {
 }
 
 /// Reads one top-level field of a JSON object, skipping the rest unparsed.
+#[cfg(feature = "json")]
 struct FindField<'n>(&'n str);
 
+#[cfg(feature = "json")]
 impl<'de> DeserializeSeed<'de> for FindField<'_> {
     type Value = Option<Cow<'de, str>>;
 
@@ -136,6 +144,7 @@ impl<'de> DeserializeSeed<'de> for FindField<'_> {
     }
 }
 
+#[cfg(feature = "json")]
 impl<'de> Visitor<'de> for FindField<'_> {
     type Value = Option<Cow<'de, str>>;
 
@@ -157,8 +166,10 @@ impl<'de> Visitor<'de> for FindField<'_> {
 }
 
 /// A string or an integer; `null` counts as missing.
+#[cfg(feature = "json")]
 struct IdValue<'de>(Option<Cow<'de, str>>);
 
+#[cfg(feature = "json")]
 impl<'de> de::Deserialize<'de> for IdValue<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -187,7 +198,7 @@ impl<'de> de::Deserialize<'de> for IdValue<'de> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "json"))]
 mod tests {
     use super::*;
 

@@ -159,6 +159,7 @@ pub(crate) fn consumer_name() -> String {
 pub(crate) struct Deferred(Arc<std::sync::atomic::AtomicBool>);
 
 impl Deferred {
+    #[cfg_attr(not(feature = "retry-topic"), allow(dead_code))]
     pub(crate) fn mark(record: &crate::Record) {
         if let Some(d) = record.extensions().get::<Deferred>() {
             d.0.store(true, Relaxed);

@@ -28,7 +28,7 @@ impl Scheduler {
                     state.paused = true;
                     state.overfull = false;
                     pause.add_partition(topic, partition);
-                } else if state.paused && !full && state.outstanding <= share / 2 {
+                } else if state.paused && !full && state.outstanding <= share / 2 && !state.is_held() {
                     state.paused = false;
                     resume.add_partition(topic, partition);
                 }

@@ -19,6 +19,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tokio_mpsc;
 
 mod backpressure;
+#[cfg(feature = "retry-topic")]
+mod due;
 
 use super::inline::InlineStart;
 use super::lane::{LaneConfig, run_lane};
@@ -79,9 +81,20 @@ struct PartitionState {
     paused: bool,
     /// Delivered a record while the buffer was full: pause it.
     overfull: bool,
+    /// Paused until a retry record falls due.
+    #[cfg(feature = "retry-topic")]
+    held: Option<due::Held>,
 }
 
 impl PartitionState {
+    /// Paused until a retry record falls due.
+    fn is_held(&self) -> bool {
+        #[cfg(feature = "retry-topic")]
+        return self.held.is_some();
+        #[cfg(not(feature = "retry-topic"))]
+        false
+    }
+
     /// Stops the lanes: calls in progress finish, nothing else starts.
     fn retire(&mut self) {
         for (_, lane) in self.lanes.drain() {
@@ -186,6 +199,8 @@ impl Scheduler {
                     outstanding: 0,
                     paused: false,
                     overfull: false,
+                    #[cfg(feature = "retry-topic")]
+                    held: None,
                 },
             );
         }
@@ -207,7 +222,12 @@ impl Scheduler {
             // Fetched again after a pause or reassignment: already dispatched.
             return;
         }
-        let headers = msg
+        #[cfg(feature = "retry-topic")]
+        if state.held.is_some() {
+            // Fetched before the rewind to the held record took effect.
+            return;
+        }
+        let headers: Vec<Header> = msg
             .headers()
             .map(|hs| {
                 hs.iter()
@@ -215,6 +235,10 @@ impl Scheduler {
                     .collect()
             })
             .unwrap_or_default();
+        #[cfg(feature = "retry-topic")]
+        if due::hold_if_early(state, msg.offset(), &headers) {
+            return;
+        }
         let record = Record::from_parts(
             Arc::clone(&state.topic),
             msg.partition(),

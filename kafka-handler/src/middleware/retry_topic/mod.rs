@@ -4,10 +4,11 @@
 //! the next level, `<topic>.<group>.retry.<level>`, with the time it is due
 //! in a header, and the source partition moves on at once. The consumer also
 //! reads its retry topics (the [`ConsumerBuilder::retry_topics`] builder
-//! method subscribes to them); a record read from one waits in its own lane
-//! until due, so nothing else waits for it, and the back-pressure budget
-//! pauses that retry partition while it is held. Each level has one delay, so
-//! records of a retry partition fall due in order.
+//! method subscribes to them). A record read from one before it is due is not
+//! handled: the runtime pauses that retry partition, rewinds it to the
+//! record and resumes it when the record falls due, so nothing sleeps and
+//! nothing else waits for it. Each level has one delay, so records of a retry
+//! partition fall due in order.
 //!
 //! Retry topics belong to one consumer group: a failure in `inventory` never
 //! makes `notification` handle the record again. After the last level the
