@@ -4,7 +4,9 @@
 //! 250 ms late) while every other record, in its partition and in the others,
 //! is handled at once; retries stay inside the failing group (the other group
 //! handles each record exactly once); a record that never succeeds ends in the
-//! dead-letter topic with its original provenance (0 lost).
+//! dead-letter topic with its original provenance (0 lost); with ordered
+//! retries, a key's later events are handled after its failing one (0 order
+//! violations) while other keys flow.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -103,6 +105,58 @@ fn check_retries(attempts: &Attempts, delays: &[Duration]) {
         let gap = flaky[i + 1].1 - flaky[i].1;
         assert!(gap >= *due && gap <= *due + Duration::from_millis(250), "retry {i} after {gap:?}, due {due:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_retries_keep_per_key_order_across_a_retry() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("orders");
+    create_topic(&bootstrap, &topic, 2, 1).await;
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build().unwrap();
+    // Key "u1": seq 0 fails twice, then succeeds; seq 1..=5 come after it.
+    // Key "u2": never fails.
+    for seq in 0..6 {
+        for key in ["u1", "u2"] {
+            let ev = TestEvent { event_id: format!("{key}-{seq}"), key: key.into(), seq };
+            producer.send(Outgoing::json(&topic, &ev).unwrap().key(key)).await.unwrap();
+        }
+    }
+    let handled: Arc<Mutex<Vec<(String, u64, Instant)>>> = Arc::default();
+    let h = handled.clone();
+    let handler = move |Attempt(n): Attempt, Json(ev): Json<TestEvent>| {
+        let h = h.clone();
+        async move {
+            if ev.key == "u1" && ev.seq == 0 && n < 3 {
+                return Err(HandlerError::retryable("payment gateway timed out"));
+            }
+            h.lock().unwrap().push((ev.key, ev.seq, Instant::now()));
+            Ok(())
+        }
+    };
+    let retries = RetryTopicLayer::with_delays(producer.clone(), [300, 600, 900].map(Duration::from_millis)).ordered();
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(random_name("payment"))
+        .topic(&topic)
+        .ordering(kafka_handler::Ordering::Key)
+        .handler(handler)
+        .retry_topics(retries)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let h = handled.clone();
+    run_until(consumer, Duration::from_secs(60), move || h.lock().unwrap().len() >= 12).await;
+
+    let handled = handled.lock().unwrap();
+    let order = |key: &str| handled.iter().filter(|(k, ..)| k == key).map(|(_, s, _)| *s).collect::<Vec<_>>();
+    eprintln!("ordered retries: u1 {:?}, u2 {:?}", order("u1"), order("u2"));
+    assert_eq!(order("u1"), [0, 1, 2, 3, 4, 5], "u1's later events overtook its failing one");
+    assert_eq!(order("u2"), [0, 1, 2, 3, 4, 5]);
+    let u2_done = handled.iter().filter(|(k, ..)| k == "u2").map(|(.., t)| *t).max().unwrap();
+    let u1_first = handled.iter().find(|(k, s, _)| k == "u1" && *s == 0).unwrap().2;
+    assert!(u2_done < u1_first, "u2 waited for u1's retries");
+    assert!(u1_first - start >= Duration::from_millis(900), "u1:0 was handled before its retries were due");
 }
 
 async fn check_dead_letter(bootstrap: &str, topic: &str, group: &str, broken_at: kafka_handler::Delivered) {

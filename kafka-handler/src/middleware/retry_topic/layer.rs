@@ -13,6 +13,7 @@ use crate::Producer;
 pub struct RetryTopicLayer {
     pub(super) producer: Producer,
     pub(crate) delays: Arc<[Duration]>,
+    pub(super) parking: Option<Arc<super::ordered::Parking>>,
 }
 
 impl RetryTopicLayer {
@@ -23,7 +24,17 @@ impl RetryTopicLayer {
 
     /// One retry topic per delay, in order.
     pub fn with_delays(producer: Producer, delays: impl IntoIterator<Item = Duration>) -> Self {
-        Self { producer, delays: delays.into_iter().collect() }
+        Self { producer, delays: delays.into_iter().collect(), parking: None }
+    }
+
+    /// Keeps per-key order across retries: while an event of a key is in
+    /// the retry path, later events of that key are parked behind it and
+    /// handled after it, sharing its remaining retries. Order holds while one
+    /// consumer owns a key's source and retry partitions; see
+    /// [the trade-off](crate::middleware::retry_topic#ordered-retries).
+    pub fn ordered(mut self) -> Self {
+        self.parking = Some(Arc::default());
+        self
     }
 
     /// The retry topics of `topic` for `group`.

@@ -18,6 +18,28 @@
 //!
 //! [`ConsumerBuilder::retry_topics`]: crate::ConsumerBuilder::retry_topics
 //!
+//! ## Ordered retries
+//!
+//! By default a failing event leaves its key's later events behind: they are
+//! handled while it waits in a retry topic (Spring's and Karafka's retry
+//! topics do the same). With [`RetryTopicLayer::ordered`], while an event of
+//! a key is in the retry path, later events of that key are parked behind
+//! it: instead of being handled, each is sent at once to the level the
+//! failing event is at, behind it (same key, so the same partition of the
+//! retry topic), and follows it up the levels, sharing its remaining
+//! retries. When the last of them is handled or dead-lettered, the key flows
+//! normally again.
+//!
+//! The trade-off: one failing event delays every later event of its key by
+//! the retry delays, and if it ends in the dead-letter topic, the events
+//! parked behind it are still handled after it. The consumer remembers which
+//! keys are parked in memory, so order holds while one consumer owns a key's
+//! source partition and its retry partitions (a single instance, or the
+//! `range` assignor, which gives partition *n* of the source and of every
+//! retry topic, all created with the same partition count, to one member).
+//! A rebalance that separates them, or a restart, forgets which keys were
+//! parked, and events of those keys may then overtake each other once.
+//!
 //! | header | value |
 //! | --- | --- |
 //! | `retry.attempt` | the attempt the record is due for (2 for the first retry) |
@@ -26,6 +48,7 @@
 //! | `retry.first.error`, `retry.last.error` | the first and the latest failure |
 
 mod layer;
+mod ordered;
 
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -130,6 +153,20 @@ where
         let config = self.config.clone();
         Box::pin(async move {
             let attempt: u32 = parsed_header(&record, headers::ATTEMPT).unwrap_or(1);
+            let level = attempt as usize - 1;
+            let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();
+            let origin = Origin::of(&record);
+            let parking = config.parking.as_deref().zip(record.key().map(<[u8]>::to_vec));
+            if let Some((parking, key)) = &parking
+                && let Some(head) = parking.parked_at(&origin.topic, key, level)
+            {
+                // An earlier event of this key is further up: follow it.
+                let parked = HandlerError::retryable("parked behind an earlier event of its key");
+                let out = retry_record(&record, &origin, &group, head, head as u32 + 1, now_millis(), &parked);
+                send(&config, &record, out, attempt, head, &parked).await?;
+                parking.entered(&origin.topic, key, head, level == 0);
+                return Ok(());
+            }
             if let Some(due) = parsed_header::<i64>(&record, headers::DUE) {
                 let wait = due - now_millis();
                 if wait > 0 {
@@ -137,32 +174,58 @@ where
                 }
             }
             record.extensions_mut().insert(Attempt(attempt));
+            let left = || {
+                if let Some((parking, key)) = &parking
+                    && level > 0
+                {
+                    parking.left(&origin.topic, key);
+                }
+            };
             let Err(error) = super::call_inner(&mut inner, record.clone()).await else {
+                left();
                 return Ok(());
             };
             let delay = match error.disposition() {
-                Disposition::Permanent => return Err(error),
+                Disposition::Permanent => {
+                    left();
+                    return Err(error);
+                }
                 Disposition::Retryable => None,
                 Disposition::RetryAfter(d) => Some(d),
             };
-            let level = attempt as usize;
-            let Some(&level_delay) = config.delays.get(level - 1) else {
+            let next = level + 1;
+            let Some(&level_delay) = config.delays.get(next - 1) else {
+                left();
                 return Err(HandlerError::permanent(RetriesExhausted { attempts: attempt, last: error }));
             };
-            let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();
-            let origin = Origin::of(&record);
             let due = now_millis() + delay.unwrap_or(level_delay).max(level_delay).as_millis() as i64;
-            let retry = retry_record(&record, &origin, &group, level, attempt + 1, due, &error);
-            match config.producer.send(retry).await {
-                Ok(_) => {
-                    crate::dedup::Deferred::mark(&record);
-                    tracing::info!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
-                        attempt, level, error = %error, "record sent to a retry topic");
-                    Ok(())
-                }
-                Err(e) => Err(HandlerError::retryable(format!("could not write to the retry topic: {e}"))),
+            let retry = retry_record(&record, &origin, &group, next, attempt + 1, due, &error);
+            send(&config, &record, retry, attempt, next, &error).await?;
+            if let Some((parking, key)) = &parking {
+                parking.entered(&origin.topic, key, next, level == 0);
             }
+            Ok(())
         })
+    }
+}
+
+/// Writes `out` to a retry topic; the record is then finished here.
+async fn send(
+    config: &RetryTopicLayer,
+    record: &Record,
+    out: Outgoing,
+    attempt: u32,
+    level: usize,
+    error: &HandlerError,
+) -> Result<(), HandlerError> {
+    match config.producer.send(out).await {
+        Ok(_) => {
+            crate::dedup::Deferred::mark(record);
+            tracing::info!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
+                attempt, level, error = %error, "record sent to a retry topic");
+            Ok(())
+        }
+        Err(e) => Err(HandlerError::retryable(format!("could not write to the retry topic: {e}"))),
     }
 }
 
