@@ -1,0 +1,184 @@
+//! The order API: `POST /orders` saves the order and its `OrderCreated`
+//! outbox row in one transaction and answers `201 PENDING` at once;
+//! `GET /orders/{id}` shows the view kept from the events; `POST
+//! /orders/sync` is the system before: every step inline.
+
+mod sync;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use self::validate::{NewOrder, validate};
+use crate::config::{Topics, now_ms};
+use crate::db::Db;
+use crate::db::view::{self, OrderView};
+use crate::events::OrderCreated;
+use crate::outbox::{self, OutboxSignal};
+use crate::shutdown::Shutdown;
+use crate::workers::providers::Providers;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// The API's shared state.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub db: Db,
+    pub topics: Topics,
+    pub signal: OutboxSignal,
+    pub providers: Providers,
+    /// Product id → price in cents, loaded at start.
+    pub catalog: Arc<HashMap<String, i64>>,
+}
+
+impl Api {
+    /// Loads the catalog.
+    pub async fn new(db: Db, topics: Topics, signal: OutboxSignal, providers: Providers) -> anyhow::Result<Self> {
+        let catalog = db.stock().await?.into_iter().map(|(id, ..)| (id, 0)).collect();
+        Ok(Self { db, topics, signal, providers, catalog: Arc::new(catalog) })
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/orders", post(create))
+            .route("/orders/sync", post(sync::create_inline))
+            .route("/orders/{id}", get(show))
+            .route("/health", get(|| async { "ok" }))
+            .route("/metrics", get(metrics))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(self)
+    }
+
+    /// Serves on `addr` until `shutdown`; returns the bound address.
+    pub async fn serve(self, addr: SocketAddr, shutdown: Shutdown) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await;
+        });
+        Ok(bound)
+    }
+}
+
+/// A JSON error naming the field at fault.
+pub(crate) fn error(status: StatusCode, field: &str, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": format!("{field} {message}"), "field": field}))).into_response()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "database error");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "the order database is unavailable, retry later"})))
+        .into_response()
+}
+
+/// Parses and validates the request; the response is the 4xx to send.
+pub(crate) fn parse(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<NewOrder, Response> {
+    let body = body.map_err(|rejection| error(rejection.status(), "body", rejection.body_text().to_lowercase()))?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "body", format_args!("is not valid JSON: {e}")))?;
+    validate(&value, &api.catalog).map_err(|bad| error(StatusCode::UNPROCESSABLE_ENTITY, bad.field, bad.message))
+}
+
+async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let order = match parse(&api, body) {
+        Ok(order) => order,
+        Err(response) => return response,
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "Idempotency-Key", "must be 1 to 255 visible characters"),
+    };
+    let now = now_ms();
+    let (order_id, event_id) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    let view = OrderView::pending(
+        order_id.clone(),
+        event_id.clone(),
+        order.user_id.clone(),
+        order.product_id.clone(),
+        order.quantity,
+        order.amount_cents,
+        now,
+    );
+    let event = OrderCreated {
+        event_id,
+        order_id: order_id.clone(),
+        user_id: order.user_id,
+        product_id: order.product_id,
+        quantity: order.quantity,
+        amount: view.amount.clone(),
+        created_at: now,
+    };
+    let saved = async {
+        let mut tx = api.db.begin().await?;
+        if !view::insert(&mut tx.conn(), &view, key.as_deref()).await? {
+            return Ok(false);
+        }
+        outbox::enqueue(&mut tx.conn(), &api.topics.created, &event.user_id, "OrderCreated", &event).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(true)
+    }
+    .await;
+    match saved {
+        Ok(true) => {
+            api.signal.wake();
+            let location = format!("/orders/{order_id}");
+            (
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(json!({"orderId": order_id, "status": "PENDING"})),
+            )
+                .into_response()
+        }
+        // The key was used before: the client retried; answer with that order.
+        Ok(false) => match view::by_idempotency_key(&api.db, key.as_deref().unwrap_or_default()).await {
+            Ok(Some(existing)) => (
+                StatusCode::OK,
+                [("idempotent-replayed", "true")],
+                Json(json!({"orderId": existing.order_id, "status": existing.status})),
+            )
+                .into_response(),
+            Ok(None) => unavailable("order with the idempotency key vanished"),
+            Err(e) => unavailable(e),
+        },
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match view::get(&api.db, &id).await {
+        Ok(Some(order)) => Json(order).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "orderId", format_args!("`{id}` not found")),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Orders by status and the outbox depth, in Prometheus' text format.
+async fn metrics(State(api): State<Api>) -> Response {
+    let counts: Result<Vec<(String, i64)>, _> =
+        crate::on_db!(&api.db, |p| sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
+            .fetch_all(p)
+            .await);
+    let (Ok(counts), Ok(depth)) = (counts, api.db.outbox_depth().await) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+    };
+    let mut text = String::from("# TYPE orders gauge\n");
+    for (status, n) in counts {
+        text.push_str(&format!("orders{{status=\"{status}\"}} {n}\n"));
+    }
+    text.push_str(&format!("# TYPE orders_outbox_depth gauge\norders_outbox_depth {depth}\n"));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
