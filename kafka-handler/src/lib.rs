@@ -12,6 +12,8 @@ mod outcome;
 mod producer;
 mod record;
 mod shutdown;
+#[cfg(feature = "trace-context")]
+mod trace_context;
 
 pub use self::consumer::{Consumer, ConsumerBuilder, Ordering};
 pub use self::error::Error;

@@ -137,7 +137,6 @@ impl HandlerError {
     }
 
     /// Whether the failure is a caught handler panic.
-    #[cfg(feature = "dead-letter")]
     pub(crate) fn is_panic(&self) -> bool {
         self.source.is::<Panicked>()
     }

@@ -57,7 +57,13 @@ impl Producer {
 
     /// Publishes `record` and waits until the broker acknowledged it
     /// (or `message.timeout.ms` passed).
+    ///
+    /// With the `trace-context` feature, the current OpenTelemetry context
+    /// goes along in the record's headers (`traceparent`, `tracestate` with
+    /// the W3C propagator), so the consumer's span joins the trace.
     pub async fn send(&self, record: Outgoing) -> Result<Delivered, Error> {
+        #[cfg(feature = "trace-context")]
+        let record = record.with_current_context();
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for h in &record.headers {
             headers = headers.insert(RdHeader { key: &h.name, value: h.value.as_deref() });
@@ -154,6 +160,19 @@ impl Outgoing {
     #[cfg(any(feature = "dead-letter", feature = "retry-topic"))]
     pub(crate) fn from_parts(topic: String, key: Option<Bytes>, payload: Option<Bytes>) -> Self {
         Self { topic, key, payload, headers: Vec::new(), partition: None }
+    }
+
+    /// Carries the current trace context in its headers.
+    #[cfg(feature = "trace-context")]
+    fn with_current_context(mut self) -> Self {
+        crate::trace_context::inject_current(&mut self.headers);
+        self
+    }
+
+    /// The topic it is for.
+    #[cfg(any(feature = "dead-letter", feature = "retry-topic"))]
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Adds a header whose value may be null.

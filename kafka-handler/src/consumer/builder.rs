@@ -285,6 +285,8 @@ impl ConsumerBuilder {
         if self.service.is_none() {
             return Err(Error::Config("no handler: call `.handler(..)` or `.service(..)`".into()));
         }
+        let event_id = self.stack.dedup.as_ref().and_then(|d| d.source.clone());
+        let event_id = event_id.or_else(|| self.subscription.and_then(|s| s.event_id())).unwrap_or_default();
         self = self.apply_stack();
         let service = self.service.take().expect("checked above");
         if let Some(sub) = &self.subscription {
@@ -354,6 +356,7 @@ impl ConsumerBuilder {
         }
         let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
         self.shared.insert(crate::extract::Group(Arc::from(group_id.as_str())));
+        self.shared.insert(super::record_span::EventIdOf(event_id));
         Ok(Consumer {
             config: self.config,
             topics: self.topics,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::lane::{Attempt, BoxedService, Started};
+use super::record_span;
 use crate::{Disposition, HandlerError, Record};
 
 /// A first poll longer than this is slow.
@@ -66,21 +67,25 @@ impl InlineStart {
         }
         self.untimed = (self.untimed + 1) % SAMPLE_EVERY;
         let began = (self.untimed == 0).then(Instant::now);
-        let mut call = self.service.call(record.clone());
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+        let span = record_span::open(&record);
+        let (call, polled) = span.in_scope(|| {
+            let mut call = self.service.call(record.clone());
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+            (call, polled)
+        });
         if let Some(began) = began {
             self.observe(began.elapsed());
         }
         let attempt = match polled {
             Ok(Poll::Pending) => Attempt::Running(call, permit),
-            Ok(Poll::Ready(Ok(()))) => return Ok(None),
+            Ok(Poll::Ready(Ok(()))) => return Ok(finished(&span, Ok(()))),
             Ok(Poll::Ready(Err(error))) if error.disposition() == Disposition::Permanent => {
-                return Ok(Some(error));
+                return Ok(finished(&span, Err(error)));
             }
             Ok(Poll::Ready(Err(error))) => Attempt::Failed(error),
-            Err(panic) => return Ok(Some(HandlerError::from_panic(panic))),
+            Err(panic) => return Ok(finished(&span, Err(HandlerError::from_panic(panic)))),
         };
-        Err(Ok(Started { record, attempt }))
+        Err(Ok(Started { record, attempt, span }))
     }
 
     fn observe(&mut self, took: Duration) {
@@ -99,4 +104,10 @@ impl InlineStart {
         }
         (self.polls, self.slow) = (0, 0);
     }
+}
+
+/// A record finished on its first poll: closes its span.
+fn finished(span: &tracing::Span, result: Result<(), HandlerError>) -> Option<HandlerError> {
+    record_span::close(span, &result);
+    result.err()
 }

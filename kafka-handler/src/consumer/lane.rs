@@ -1,5 +1,6 @@
 //! A lane runs the handler for records that must be handled one after another.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -10,7 +11,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tokio_mpsc};
+use tracing::{Instrument, Span};
 
+use super::record_span;
 use super::scheduler::{Completion, LaneId};
 use crate::handler::BoxHandlerFuture;
 use crate::{Disposition, HandlerError, Record};
@@ -52,9 +55,10 @@ pub(crate) async fn run_lane(
         let c = Completion { lane: lane.clone(), finished };
         completions.send(c).is_ok()
     };
-    if let Some(started) = first {
-        let offset = started.record.offset();
-        let failure = started.finish(&mut service, &in_flight, &backoff, &retired).await.err();
+    if let Some(Started { record, attempt, span }) = first {
+        let offset = record.offset();
+        let call = handle(&mut service, &in_flight, &backoff, &retired, record, Some(attempt));
+        let failure = traced(span, call).await.err();
         finished.push((offset, failure));
         if rx.is_empty() && !report(&mut finished) {
             return;
@@ -66,7 +70,8 @@ pub(crate) async fn run_lane(
                 return;
             }
             let offset = record.offset();
-            let call = handle(&mut service, &in_flight, &backoff, &retired, record, None);
+            let span = record_span::open(&record);
+            let call = traced(span, handle(&mut service, &in_flight, &backoff, &retired, record, None));
             tokio::pin!(call);
             let failure = match futures::poll!(&mut call) {
                 Poll::Ready(result) => result.err(),
@@ -93,6 +98,8 @@ pub(crate) async fn run_lane(
 pub(crate) struct Started {
     pub(crate) record: Record,
     pub(crate) attempt: Attempt,
+    /// The record's span, opened when its first attempt started.
+    pub(crate) span: Span,
 }
 
 pub(crate) enum Attempt {
@@ -102,32 +109,18 @@ pub(crate) enum Attempt {
     Failed(HandlerError),
 }
 
-impl Started {
-    async fn finish(
-        self,
-        service: &mut BoxedService,
-        in_flight: &Semaphore,
-        backoff: &ExponentialBuilder,
-        retired: &AtomicBool,
-    ) -> Result<(), HandlerError> {
-        let error = match self.attempt {
-            Attempt::Running(call, permit) => {
-                let result =
-                    AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
-                drop(permit);
-                match result {
-                    Ok(()) => return Ok(()),
-                    Err(error) => error,
-                }
-            }
-            Attempt::Failed(error) => error,
-        };
-        handle(service, in_flight, backoff, retired, self.record, Some(error)).await
+/// Runs `call` in the record's `span` and records how it ended there.
+async fn traced(span: Span, call: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    if span.is_disabled() {
+        return call.await;
     }
+    let result = call.instrument(span.clone()).await;
+    record_span::close(&span, &result);
+    result
 }
 
-/// Runs the handler until the record succeeds or fails permanently, starting
-/// with the backoff for `failed` if an attempt already failed.
+/// Runs the handler until the record succeeds or fails permanently, going on
+/// from the first attempt if the polling thread `started` it.
 ///
 /// A retryable failure that reaches the runtime (no retry middleware took it)
 /// is retried in place with capped exponential backoff, holding its lane: the
@@ -139,8 +132,21 @@ async fn handle(
     backoff: &ExponentialBuilder,
     retired: &AtomicBool,
     record: Record,
-    mut failed: Option<HandlerError>,
+    started: Option<Attempt>,
 ) -> Result<(), HandlerError> {
+    let mut failed = match started {
+        None => None,
+        Some(Attempt::Running(call, permit)) => {
+            let result =
+                AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
+            drop(permit);
+            match result {
+                Ok(()) => return Ok(()),
+                Err(error) => Some(error),
+            }
+        }
+        Some(Attempt::Failed(error)) => Some(error),
+    };
     let mut delays = None;
     let mut attempt = 1u32;
     loop {

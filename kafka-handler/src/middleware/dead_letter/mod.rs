@@ -97,7 +97,9 @@ where
                 Err(panic) => (HandlerError::from_panic(panic), "panic"),
             };
             let attempts = attempts_of(&error, &record);
-            let mut result = config.producer.send(dead_letter(&config, &record, &error, kind, attempts, true)).await;
+            let letter = dead_letter(&config, &record, &error, kind, attempts, true);
+            let topic = letter.topic().to_owned();
+            let mut result = config.producer.send(letter).await;
             if result.as_ref().is_err_and(is_too_large) {
                 // Keep the provenance even when the payload cannot travel.
                 let dropped = dead_letter(&config, &record, &error, kind, attempts, false)
@@ -106,6 +108,7 @@ where
             }
             match result {
                 Ok(at) => {
+                    crate::consumer::record_span::forwarded(&topic, kind, &error);
                     tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                         dlt_partition = at.partition, dlt_offset = at.offset, kind, error = %error,
                         "record sent to the dead-letter topic");

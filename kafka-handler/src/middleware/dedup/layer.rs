@@ -15,7 +15,7 @@ use crate::dedup::{Batcher, DedupCounters, DedupStore, EventIdSource};
 #[derive(Clone, Debug)]
 pub struct DedupLayer {
     pub(super) store: Arc<dyn DedupStore>,
-    pub(super) source: Option<EventIdSource>,
+    pub(crate) source: Option<EventIdSource>,
     pub(super) lease: Duration,
     pub(super) retention: Duration,
     pub(super) recheck: Duration,

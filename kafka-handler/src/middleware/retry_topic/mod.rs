@@ -218,9 +218,11 @@ async fn send(
     level: usize,
     error: &HandlerError,
 ) -> Result<(), HandlerError> {
+    let topic = out.topic().to_owned();
     match config.producer.send(out).await {
         Ok(_) => {
             crate::dedup::Deferred::mark(record);
+            crate::consumer::record_span::forwarded(&topic, "retryable", error);
             tracing::info!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                 attempt, level, error = %error, "record sent to a retry topic");
             Ok(())

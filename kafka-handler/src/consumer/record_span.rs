@@ -1,0 +1,123 @@
+//! The span of one record's handling, named and filled in after the
+//! OpenTelemetry semantic conventions for messaging.
+//!
+//! It is made only when a subscriber wants it: with `kafka_handler::record`
+//! below `INFO` in the filter, a record costs a level check and no span.
+
+use std::fmt;
+
+use tracing::field::{Empty, display};
+use tracing::{Level, Span};
+
+use crate::dedup::EventIdSource;
+use crate::extract::Group;
+use crate::{Disposition, HandlerError, Record};
+
+/// The target of the record spans, for filters: `kafka_handler::record=info`.
+pub(crate) const TARGET: &str = "kafka_handler::record";
+
+/// Where the consumer's records carry their event id (as dedup reads it),
+/// for the spans' `messaging.message.id`.
+#[derive(Clone, Debug)]
+pub(crate) struct EventIdOf(pub(crate) EventIdSource);
+
+/// Opens the span of `record`, or returns a disabled span when no subscriber
+/// wants it. With the `trace-context` feature, the trace context in the
+/// record's headers is made its parent.
+pub(crate) fn open(record: &Record) -> Span {
+    if !tracing::span_enabled!(target: TARGET, Level::INFO) {
+        return Span::none();
+    }
+    // The span takes as parent the OpenTelemetry context current when it is
+    // made (no tracing span is current on the runtime's threads and tasks).
+    #[cfg(feature = "trace-context")]
+    let _parent = crate::trace_context::extract(record.headers()).attach();
+    let key = record.key().map(|key| display(String::from_utf8_lossy(key)));
+    let event_id = record.lookup::<EventIdOf>().and_then(|source| source.0.event_id(record).ok());
+    tracing::info_span!(
+        target: TARGET,
+        "kafka_handler.record",
+        otel.name = %Process(record.topic()),
+        otel.kind = "consumer",
+        otel.status_description = Empty,
+        messaging.system = "kafka",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = record.lookup::<Group>().map(|g| &*g.0),
+        messaging.destination.name = record.topic(),
+        messaging.destination.partition.id = %record.partition(),
+        messaging.kafka.offset = record.offset(),
+        messaging.kafka.message.key = key,
+        messaging.message.id = event_id.as_deref(),
+        kafka_handler.attempt = attempt(record),
+        kafka_handler.outcome = Empty,
+        kafka_handler.forwarded_to = Empty,
+        error.type = Empty,
+    )
+}
+
+/// Records how the handling ended: `ok`, `failed` (permanently, committed
+/// past) or `abandoned` (a retryable failure left when the partition was
+/// given up; the record is delivered again).
+pub(crate) fn close(span: &Span, result: &Result<(), HandlerError>) {
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        Ok(()) => {
+            span.record("kafka_handler.outcome", "ok");
+        }
+        Err(error) if error.disposition() == Disposition::Permanent => {
+            span.record("kafka_handler.outcome", "failed");
+            span.record("error.type", kind(error));
+            span.record("otel.status_description", display(error.source_error()));
+        }
+        Err(_) => {
+            span.record("kafka_handler.outcome", "abandoned");
+        }
+    }
+}
+
+/// Notes on the current record span that a middleware took a failure off the
+/// handler's hands by writing the record to `topic` (a retry or dead-letter
+/// topic); `kind` says why.
+#[cfg(any(feature = "retry-topic", feature = "dead-letter"))]
+pub(crate) fn forwarded(topic: &str, kind: &str, error: &HandlerError) {
+    let span = Span::current();
+    span.record("kafka_handler.forwarded_to", topic);
+    span.record("error.type", kind);
+    span.record("otel.status_description", display(error.source_error()));
+}
+
+fn kind(error: &HandlerError) -> &'static str {
+    if error.is_decode() {
+        "decode"
+    } else if error.is_panic() {
+        "panic"
+    } else {
+        "permanent"
+    }
+}
+
+/// The delivery attempt: 1, or the attempt a retry topic's record is due for.
+fn attempt(record: &Record) -> i64 {
+    #[cfg(feature = "retry-topic")]
+    if let Some(n) = record
+        .header(crate::middleware::retry_topic::headers::ATTEMPT)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    let _ = record;
+    1
+}
+
+/// The span name the conventions ask for: `process <topic>`.
+struct Process<'a>(&'a str);
+
+impl fmt::Display for Process<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "process {}", self.0)
+    }
+}
