@@ -19,6 +19,7 @@ kh_ensure_packages() {
   [ -x "${JAVA_HOME:-/nonexistent}/bin/java" ] || command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus) # promtool checks docs/monitoring/alerts.yml
   [ ${#missing[@]} -eq 0 ] && return 0
 
   local sudo=()

@@ -7,6 +7,7 @@ pub mod dedup;
 mod error;
 pub mod extract;
 mod handler;
+pub mod metrics;
 pub mod middleware;
 mod outcome;
 mod producer;
@@ -15,7 +16,7 @@ mod shutdown;
 #[cfg(feature = "trace-context")]
 mod trace_context;
 
-pub use self::consumer::{Consumer, ConsumerBuilder, Ordering};
+pub use self::consumer::{Consumer, ConsumerBuilder, Health, HealthReport, Ordering, Stalled};
 pub use self::error::Error;
 pub use self::handler::{Handler, HandlerService};
 pub use self::outcome::{BoxError, Disposition, HandlerError, IntoOutcome, ResultExt};

@@ -7,6 +7,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use super::lane::{BoxedService, LaneConfig};
+use super::observed::Observed;
 use super::{Consumer, Ordering};
 use crate::config::KafkaConfig;
 use crate::outcome::BoxError;
@@ -44,6 +45,9 @@ pub struct ConsumerBuilder {
     /// Topics the consumer's own middleware writes to, by source topic.
     derived_topics: Vec<DerivedTopics>,
     create_topics: bool,
+    stall_timeout: Duration,
+    #[cfg(feature = "metrics")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 /// The runtime's middleware, innermost first: retries in place, then retry
@@ -102,6 +106,9 @@ impl ConsumerBuilder {
             stack: Stack::default(),
             derived_topics: Vec::new(),
             create_topics: true,
+            stall_timeout: Duration::from_secs(60),
+            #[cfg(feature = "metrics")]
+            meter: None,
         }
     }
 
@@ -280,11 +287,32 @@ impl ConsumerBuilder {
         self
     }
 
+    /// How long a partition's oldest unfinished record may stay unfinished,
+    /// or the polling thread go without polling, before the consumer's
+    /// [`Health`](crate::Health) reports it not live (default 60 s). Retries
+    /// in place count: a record retried for longer stalls its partition.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// Where the consumer's metrics go (default: the global meter provider,
+    /// as it is when the consumer starts to run). See the [`metrics`](crate::metrics)
+    /// module for the instruments.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn meter_provider<P: opentelemetry::metrics::MeterProvider + ?Sized>(mut self, provider: &P) -> Self {
+        self.meter = Some(provider.meter_with_scope(crate::metrics::scope()));
+        self
+    }
+
     /// Checks the configuration and builds the consumer.
     pub fn build(mut self) -> Result<Consumer, Error> {
         if self.service.is_none() {
             return Err(Error::Config("no handler: call `.handler(..)` or `.service(..)`".into()));
         }
+        #[cfg(feature = "metrics")]
+        let dedup_counters = self.stack.dedup.as_ref().map(crate::middleware::DedupLayer::counters);
         let event_id = self.stack.dedup.as_ref().and_then(|d| d.source.clone());
         let event_id = event_id.or_else(|| self.subscription.and_then(|s| s.event_id())).unwrap_or_default();
         self = self.apply_stack();
@@ -325,6 +353,8 @@ impl ConsumerBuilder {
         // The runtime buffers up to `max_buffered` records itself; librdkafka's
         // own 64 MiB prefetch default would double the memory for nothing.
         self.config.set_default("queued.max.messages.kbytes", "32768");
+        // Broker connection states, for readiness.
+        self.config.set_default("statistics.interval.ms", "5000");
         if self.config.get("group.protocol") != Some("consumer") {
             self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
         }
@@ -357,6 +387,7 @@ impl ConsumerBuilder {
         let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
         self.shared.insert(crate::extract::Group(Arc::from(group_id.as_str())));
         self.shared.insert(super::record_span::EventIdOf(event_id));
+        let observed = Arc::new(Observed::new(Arc::from(group_id.as_str()), self.stall_timeout));
         Ok(Consumer {
             config: self.config,
             topics: self.topics,
@@ -372,6 +403,11 @@ impl ConsumerBuilder {
             shutdown_timeout: self.shutdown_timeout,
             revoke_timeout: self.revoke_timeout,
             to_create,
+            observed,
+            #[cfg(feature = "metrics")]
+            meter: self.meter,
+            #[cfg(feature = "metrics")]
+            dedup_counters,
         })
     }
 }

@@ -77,7 +77,7 @@ impl InlineStart {
             self.observe(began.elapsed());
         }
         let attempt = match polled {
-            Ok(Poll::Pending) => Attempt::Running(call, permit),
+            Ok(Poll::Pending) => Attempt::Running(call, permit, Instant::now()),
             Ok(Poll::Ready(Ok(()))) => return Ok(finished(&span, Ok(()))),
             Ok(Poll::Ready(Err(error))) if error.disposition() == Disposition::Permanent => {
                 return Ok(finished(&span, Err(error)));

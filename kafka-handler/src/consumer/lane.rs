@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
@@ -16,6 +16,7 @@ use tracing::{Instrument, Span};
 use super::record_span;
 use super::scheduler::{Completion, LaneId};
 use crate::handler::BoxHandlerFuture;
+use crate::metrics::Meters;
 use crate::{Disposition, HandlerError, Record};
 
 pub(crate) use super::service::RecordService as BoxedService;
@@ -103,8 +104,8 @@ pub(crate) struct Started {
 }
 
 pub(crate) enum Attempt {
-    /// Still running, holding its in-flight slot.
-    Running(BoxHandlerFuture, OwnedSemaphorePermit),
+    /// Still running, holding its in-flight slot; waiting since the instant.
+    Running(BoxHandlerFuture, OwnedSemaphorePermit, Instant),
     /// Failed with a retryable error.
     Failed(HandlerError),
 }
@@ -134,12 +135,14 @@ async fn handle(
     record: Record,
     started: Option<Attempt>,
 ) -> Result<(), HandlerError> {
+    let meters = Meters::of(&record);
     let mut failed = match started {
         None => None,
-        Some(Attempt::Running(call, permit)) => {
+        Some(Attempt::Running(call, permit, waiting_since)) => {
             let result =
                 AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
             drop(permit);
+            meters.handler_call(waiting_since.elapsed(), &result);
             match result {
                 Ok(()) => return Ok(()),
                 Err(error) => Some(error),
@@ -165,11 +168,16 @@ async fn handle(
                 attempt, ?delay, error = %error, "handler failed; retrying in place");
             attempt += 1;
             tokio::time::sleep(delay).await;
+            meters.retry(attempt);
         }
         let result = {
             let _permit = in_flight.acquire().await.expect("the semaphore is never closed");
+            let began = Instant::now();
             let call = service.ready_call(record.clone());
-            AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)))
+            let result =
+                AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
+            meters.handler_call(began.elapsed(), &result);
+            result
         };
         match result {
             Ok(()) => return Ok(()),

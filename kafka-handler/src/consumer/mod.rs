@@ -1,8 +1,10 @@
 //! The consumer runtime: runs a handler in a consumer group, at least once.
 
 mod builder;
+mod health;
 mod inline;
 mod lane;
+pub(crate) mod observed;
 mod offsets;
 mod poll_loop;
 pub(crate) mod record_span;
@@ -18,10 +20,12 @@ use std::time::{Duration, Instant};
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 
 pub use self::builder::ConsumerBuilder;
+pub use self::health::{Health, HealthReport, Stalled};
 use self::lane::LaneConfig;
+use self::observed::{Brokers, Observed};
 use self::scheduler::{Scheduler, SchedulerConfig};
 use crate::Error;
 use crate::config::KafkaConfig;
@@ -85,6 +89,11 @@ pub struct Consumer {
     /// Topics to create before subscribing, each with the partition count of
     /// its source topic.
     to_create: Vec<(String, String)>,
+    observed: Arc<Observed>,
+    #[cfg(feature = "metrics")]
+    meter: Option<opentelemetry::metrics::Meter>,
+    #[cfg(feature = "metrics")]
+    dedup_counters: Option<Arc<crate::dedup::DedupCounters>>,
 }
 
 impl Consumer {
@@ -98,6 +107,12 @@ impl Consumer {
         &self.group_id
     }
 
+    /// A handle that reports this consumer's readiness and liveness, from
+    /// any thread, for as long as the handle lives; take it before `run`.
+    pub fn health(&self) -> Health {
+        Health::new(Arc::clone(&self.observed))
+    }
+
     /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
     pub async fn run(self) -> Result<(), Error> {
         self.run_until(crate::shutdown_signal()).await
@@ -109,7 +124,20 @@ impl Consumer {
     ///
     /// Returns early with an error if the consumer cannot continue (a fatal
     /// librdkafka error). Dropping the returned future also stops the consumer.
-    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    pub async fn run_until(
+        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))] mut self,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        let observed = Arc::clone(&self.observed);
+        observed.start();
+        let _stopped = SetOnDrop(Arc::clone(&observed));
+        #[cfg(feature = "metrics")]
+        {
+            let meter =
+                self.meter.take().unwrap_or_else(|| opentelemetry::global::meter_with_scope(crate::metrics::scope()));
+            let meters = crate::metrics::register(&meter, &observed, self.dedup_counters.take());
+            Arc::make_mut(&mut self.shared).insert(meters);
+        }
         let scheduler = Arc::new(Mutex::new(Scheduler::new(SchedulerConfig {
             ordering: self.ordering,
             lane: self.lane,
@@ -120,10 +148,11 @@ impl Consumer {
         if !self.to_create.is_empty() {
             topics::create_derived(&self.config, &self.to_create).await?;
         }
-        let context = RuntimeContext { scheduler, revoke_timeout: self.revoke_timeout };
+        let context = RuntimeContext { scheduler, revoke_timeout: self.revoke_timeout, observed };
         let consumer: BaseConsumer<RuntimeContext> = self.config.to_client_config().create_with_context(context)?;
+        let consumer = Arc::new(consumer);
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        rdkafka::consumer::Consumer::subscribe(&consumer, &topics)?;
+        rdkafka::consumer::Consumer::subscribe(&*consumer, &topics)?;
 
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -135,7 +164,15 @@ impl Consumer {
             .spawn(move || {
                 // Handlers started on this thread may use tokio's timers and I/O.
                 let _runtime = runtime.enter();
+                #[cfg(feature = "metrics")]
+                let lag = {
+                    let observed = Arc::clone(&rdkafka::consumer::Consumer::context(&*consumer).observed);
+                    crate::metrics::LagRefresh::start(Arc::clone(&consumer), observed)
+                };
                 let result = poll_loop::run(&consumer, &thread_stop, shutdown_timeout);
+                #[cfg(feature = "metrics")]
+                drop(lag);
+                // The last reference: the consumer closes on this thread.
                 drop(consumer);
                 let _ = done_tx.send(result);
             })
@@ -158,6 +195,15 @@ fn flatten(result: Result<Result<(), Error>, tokio::sync::oneshot::error::RecvEr
 
 struct StopOnDrop(Arc<AtomicBool>);
 
+/// Marks the consumer stopped for health checks, however `run_until` ends.
+struct SetOnDrop(Arc<Observed>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, AtomicOrdering::Release);
@@ -169,6 +215,7 @@ impl Drop for StopOnDrop {
 pub(crate) struct RuntimeContext {
     scheduler: Arc<Mutex<Scheduler>>,
     revoke_timeout: Duration,
+    pub(crate) observed: Arc<Observed>,
 }
 
 impl RuntimeContext {
@@ -177,7 +224,23 @@ impl RuntimeContext {
     }
 }
 
-impl ClientContext for RuntimeContext {}
+impl ClientContext for RuntimeContext {
+    /// Whether any broker connection is up, for readiness, and the end
+    /// offset of each partition, for lag (librdkafka sends statistics every
+    /// `statistics.interval.ms`).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().any(|b| b.source != "logical" && b.state == "UP");
+        self.observed.set_brokers(if up { Brokers::Up } else { Brokers::Down });
+        for (name, topic) in &statistics.topics {
+            let name: Arc<str> = Arc::from(name.as_str());
+            for (&partition, p) in &topic.partitions {
+                if partition >= 0 && p.hi_offset >= 0 {
+                    self.observed.high(Arc::clone(&name), partition, p.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -195,15 +258,26 @@ impl ConsumerContext for RuntimeContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = %describe(tpl), "partitions assigned");
+            self.observed.joined.store(true, AtomicOrdering::Relaxed);
+            self.observed.rebalances.fetch_add(1, AtomicOrdering::Relaxed);
             let mut scheduler = self.scheduler();
             scheduler.assign(tpl);
             scheduler.pause_if_stopping(consumer, tpl);
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next commit");
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.observed.committed(offsets.elements().iter().filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(offset) => Some((Arc::from(e.topic()), e.partition(), offset)),
+                _ => None,
+            })),
+            // Nothing was stored since the last commit: nothing failed.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.observed.commit_failures.fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::warn!(error = %e, "offset commit failed; it is retried with the next commit");
+            }
         }
     }
 }

@@ -10,38 +10,52 @@ use std::collections::VecDeque;
 /// gaps); only the order in which records were dispatched matters.
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
-    /// Dispatched records not yet below the watermark, ascending: (offset, finished).
-    pending: VecDeque<(i64, bool)>,
+    /// Dispatched records not yet below the watermark, ascending.
+    pending: VecDeque<Pending>,
     /// Next offset to commit, once anything has finished.
     watermark: Option<i64>,
     /// Whether the watermark moved since it was last taken.
     moved: bool,
 }
 
+#[derive(Debug)]
+struct Pending {
+    offset: i64,
+    /// The record's timestamp, ms since the Unix epoch, if it has one.
+    timestamp: Option<i64>,
+    finished: bool,
+}
+
 impl OffsetTracker {
-    /// Records that `offset` was handed to a handler.
-    pub(crate) fn dispatched(&mut self, offset: i64) {
-        debug_assert!(self.pending.back().is_none_or(|&(last, _)| last < offset));
-        self.pending.push_back((offset, false));
+    /// Records that `offset`, with its `timestamp`, was handed to a handler.
+    pub(crate) fn dispatched(&mut self, offset: i64, timestamp: Option<i64>) {
+        debug_assert!(self.pending.back().is_none_or(|last| last.offset < offset));
+        self.pending.push_back(Pending { offset, timestamp, finished: false });
     }
 
     /// The last offset handed to a handler, if any is still tracked.
     pub(crate) fn last_dispatched(&self) -> Option<i64> {
-        self.pending.back().map(|&(o, _)| o).or(self.watermark.map(|w| w - 1))
+        self.pending.back().map(|p| p.offset).or(self.watermark.map(|w| w - 1))
     }
 
     /// Records that `offset` finished; returns false if it was not pending.
     pub(crate) fn finished(&mut self, offset: i64) -> bool {
-        let Ok(index) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) else {
+        let Ok(index) = self.pending.binary_search_by_key(&offset, |p| p.offset) else {
             return false;
         };
-        self.pending[index].1 = true;
-        while let Some(&(o, true)) = self.pending.front() {
+        self.pending[index].finished = true;
+        while let Some(&Pending { offset, finished: true, .. }) = self.pending.front() {
             self.pending.pop_front();
-            self.watermark = Some(o + 1);
+            self.watermark = Some(offset + 1);
             self.moved = true;
         }
         true
+    }
+
+    /// The oldest record handed to a handler and not finished: its offset and
+    /// timestamp. Everything before it has finished.
+    pub(crate) fn oldest_unfinished(&self) -> Option<(i64, Option<i64>)> {
+        self.pending.front().map(|p| (p.offset, p.timestamp))
     }
 
     /// The watermark, if it moved since the last call.
@@ -56,7 +70,7 @@ impl OffsetTracker {
 
     #[cfg(test)]
     fn outstanding(&self) -> usize {
-        self.pending.iter().filter(|(_, done)| !done).count()
+        self.pending.iter().filter(|p| !p.finished).count()
     }
 
     #[cfg(test)]
@@ -73,7 +87,7 @@ mod tests {
     fn watermark_waits_for_the_oldest_record() {
         let mut t = OffsetTracker::default();
         for o in [10, 11, 13, 14] {
-            t.dispatched(o);
+            t.dispatched(o, None);
         }
         assert!(t.finished(11));
         assert!(t.finished(14));
@@ -89,7 +103,7 @@ mod tests {
     #[test]
     fn unknown_offsets_are_ignored() {
         let mut t = OffsetTracker::default();
-        t.dispatched(1);
+        t.dispatched(1, None);
         assert!(!t.finished(2));
         assert_eq!(t.outstanding(), 1);
     }
@@ -100,7 +114,7 @@ mod tests {
         // first unfinished offset.
         let n = 500i64;
         let mut t = OffsetTracker::default();
-        (0..n).for_each(|o| t.dispatched(o * 2));
+        (0..n).for_each(|o| t.dispatched(o * 2, None));
         let mut order: Vec<i64> = (0..n).collect();
         let mut x = 12345u64;
         for i in (1..order.len()).rev() {

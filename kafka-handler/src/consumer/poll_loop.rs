@@ -31,6 +31,7 @@ pub(super) fn run(
             #[cfg(feature = "retry-topic")]
             scheduler.apply_due(consumer);
             scheduler.apply_backpressure(consumer);
+            scheduler.observe(consumer, &context.observed);
             #[cfg_attr(not(feature = "retry-topic"), allow(unused_mut))]
             let mut timeout = if scheduler.in_flight() > 0 { BUSY_POLL } else { IDLE_POLL };
             #[cfg(feature = "retry-topic")]

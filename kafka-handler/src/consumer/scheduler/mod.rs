@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tokio_mpsc;
 
 mod backpressure;
+mod observe;
 #[cfg(feature = "retry-topic")]
 mod due;
 
@@ -254,7 +255,7 @@ impl Scheduler {
             (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
         };
         let (partition, offset) = (msg.partition(), msg.offset());
-        state.tracker.dispatched(offset);
+        state.tracker.dispatched(offset, msg.timestamp().to_millis());
         state.outstanding += 1;
         self.buffered += 1;
         if self.buffered > self.max_buffered {

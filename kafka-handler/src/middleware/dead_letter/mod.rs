@@ -109,6 +109,7 @@ where
             match result {
                 Ok(at) => {
                     crate::consumer::record_span::forwarded(&topic, kind, &error);
+                    crate::metrics::Meters::of(&record).dead_letter(&origin(&record).0, kind);
                     tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                         dlt_partition = at.partition, dlt_offset = at.offset, kind, error = %error,
                         "record sent to the dead-letter topic");

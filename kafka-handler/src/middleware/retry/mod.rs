@@ -68,6 +68,7 @@ where
                             offset = record.offset(), attempt, ?delay, error = %error, "retrying");
                         tokio::time::sleep(delay).await;
                         attempt += 1;
+                        crate::metrics::Meters::of(&record).retry(attempt);
                     }
                     None if attempt == 1 => return Err(error),
                     None => return Err(HandlerError::permanent(RetriesExhausted { attempts: attempt, last: error })),

@@ -201,6 +201,7 @@ where
             let due = now_millis() + delay.unwrap_or(level_delay).max(level_delay).as_millis() as i64;
             let retry = retry_record(&record, &origin, &group, next, attempt + 1, due, &error);
             send(&config, &record, retry, attempt, next, &error).await?;
+            crate::metrics::Meters::of(&record).retry(attempt + 1);
             if let Some((parking, key)) = &parking {
                 parking.entered(&origin.topic, key, next, level == 0);
             }

@@ -1,0 +1,119 @@
+//! Readiness and liveness of a running consumer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::observed::{Brokers, Lifecycle, Observed};
+
+/// Answers health checks for a [`Consumer`](crate::Consumer), from any thread,
+/// before, while and after it runs.
+///
+/// Take it with [`Consumer::health`](crate::Consumer::health) before calling
+/// `run`, and serve its [`report`](Health::report) on a health endpoint:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), kafka_handler::Error> {
+/// let consumer = kafka_handler::Consumer::builder()
+///     .from_env()
+///     .group_id("inventory")
+///     .topic("order.created")
+///     .handler(|| async {})
+///     .build()?;
+/// let health = consumer.health();
+/// tokio::spawn(async move {
+///     loop {
+///         let report = health.report();
+///         if !report.live {
+///             eprintln!("not live: {report:?}");
+///         }
+///         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+///     }
+/// });
+/// consumer.run().await
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Health {
+    observed: Arc<Observed>,
+}
+
+/// A consumer's health, as [`Health::report`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Running, joined to its group (with or without partitions: a member
+    /// beyond the partition count idles as a standby), and a broker is
+    /// reachable (as librdkafka's last statistics saw the connections;
+    /// assumed until they say otherwise).
+    pub ready: bool,
+    /// Not stopped, the polling thread polled within the stall timeout, and
+    /// no partition is [stalled](Self::stalled). Before `run` a consumer is
+    /// live and not ready.
+    pub live: bool,
+    /// Partitions assigned to this consumer.
+    pub assigned: usize,
+    /// How long ago the polling thread last polled; `None` before `run`.
+    pub last_poll: Option<Duration>,
+    /// Partitions whose oldest unfinished record has not finished for longer
+    /// than the stall timeout.
+    pub stalled: Vec<Stalled>,
+}
+
+/// A partition holding unfinished work for longer than the stall timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stalled {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The oldest unfinished record: nothing from here on is committed.
+    pub offset: i64,
+    /// How long that record has been the oldest unfinished one.
+    pub stalled_for: Duration,
+    /// Records of the partition fetched and not finished.
+    pub in_flight: usize,
+}
+
+impl Health {
+    pub(crate) fn new(observed: Arc<Observed>) -> Self {
+        Self { observed }
+    }
+
+    /// The consumer's health now.
+    pub fn report(&self) -> HealthReport {
+        let observed = &self.observed;
+        let now = Instant::now();
+        let lifecycle = observed.lifecycle();
+        let snapshot = observed.snapshot();
+        let stalled: Vec<Stalled> = snapshot
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                let oldest = p.oldest?;
+                let stalled_for = now.saturating_duration_since(oldest.since);
+                (stalled_for >= observed.stall_timeout).then(|| Stalled {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    offset: oldest.offset,
+                    stalled_for,
+                    in_flight: p.in_flight,
+                })
+            })
+            .collect();
+        let assigned = snapshot.partitions.len();
+        drop(snapshot);
+        let last_poll = (lifecycle != Lifecycle::Built).then(|| observed.since_last_poll(now));
+        let running = lifecycle == Lifecycle::Running;
+        HealthReport {
+            ready: running
+                && observed.joined.load(std::sync::atomic::Ordering::Relaxed)
+                && observed.brokers() != Brokers::Down,
+            live: lifecycle == Lifecycle::Built
+                || (running && last_poll.is_some_and(|age| age < observed.stall_timeout) && stalled.is_empty()),
+            assigned,
+            last_poll,
+            stalled,
+        }
+    }
+}
