@@ -1,10 +1,17 @@
 //! The smallest complete kafka-handler program: publish a few `OrderCreated`
 //! events keyed by user, handle them in a consumer group, print what happened.
+//! Metrics for Prometheus are served on `/metrics`, health probes on
+//! `/health/ready` and `/health/live` (address: `METRICS_ADDR`, default
+//! `127.0.0.1:9464`); with `--serve` it keeps consuming and serving until Ctrl-C.
 //!
 //! ```text
 //! cargo run -p quickstart                                   # in-process broker
+//! cargo run -p quickstart -- --serve                        # keep running: curl localhost:9464/metrics
 //! KAFKA_BOOTSTRAP_SERVERS=localhost:9092 cargo run -p quickstart
+//! OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 cargo run -p quickstart   # also OTLP
 //! ```
+
+mod telemetry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
@@ -50,6 +57,7 @@ async fn reserve_stock(
     if order.quantity == 0 {
         return Err(HandlerError::permanent("quantity must be positive"));
     }
+    tokio::time::sleep(Duration::from_millis(20)).await; // the inventory API call
     println!(
         "  handled order {:>2} of {} (qty {}, {}) from partition {} offset {}",
         order.order_id, order.user_id, order.quantity, order.amount, meta.partition, meta.offset
@@ -96,19 +104,52 @@ async fn main() -> anyhow::Result<()> {
         producer.send(Outgoing::json(TOPIC, &event)?.key(key)).await?;
     }
 
+    let registry = prometheus::Registry::new();
+    let meter_provider = telemetry::meter_provider(&registry)?;
     let consumer = Consumer::builder()
         .bootstrap_servers(&bootstrap)
         .ordering(Ordering::Key)
         .state(run.clone())
         .handler(reserve_stock) // topic and group come from #[handler]
+        .meter_provider(&meter_provider)
         .build()?;
-    let handled = run.handled.clone();
-    let all_handled = async move {
-        while handled.load(AtomicOrdering::SeqCst) < ORDERS {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), consumer.run_until(all_handled)).await??;
-    println!("done: {} of {ORDERS} orders handled, offsets committed", run.handled.load(AtomicOrdering::SeqCst));
+    let addr = std::env::var("METRICS_ADDR").ok().and_then(|a| a.parse().ok()).unwrap_or(([127, 0, 0, 1], 9464).into());
+    let addr = telemetry::serve(addr, registry.clone(), consumer.health()).await?;
+    println!("metrics: http://{addr}/metrics   health: http://{addr}/health/ready, http://{addr}/health/live");
+
+    if std::env::args().any(|a| a == "--serve") {
+        println!("consuming until Ctrl-C");
+        consumer.run().await?;
+    } else {
+        let handled = run.handled.clone();
+        let registry = registry.clone();
+        let all_handled = async move {
+            while handled.load(AtomicOrdering::SeqCst) < ORDERS {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Long enough for a commit and a look at the partitions' ends.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            print_metrics(&registry);
+        };
+        tokio::time::timeout(Duration::from_secs(60), consumer.run_until(all_handled)).await??;
+        println!("done: {} of {ORDERS} orders handled, offsets committed", run.handled.load(AtomicOrdering::SeqCst));
+    }
+    meter_provider.shutdown()?;
     Ok(())
+}
+
+/// Prints a few of the lines `/metrics` serves.
+fn print_metrics(registry: &prometheus::Registry) {
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default();
+    println!("some of what /metrics serves now:");
+    let shown = [
+        "kafka_handler_consumer_lag{",
+        "kafka_handler_consumer_records_total",
+        "kafka_handler_process_duration_seconds_count",
+    ];
+    for line in text.lines().filter(|l| shown.iter().any(|s| l.starts_with(s))) {
+        // The scope labels are the same on every line.
+        let short = line.replace(",otel_scope_name=\"kafka-handler\",otel_scope_version=\"0.1.0\"", "");
+        println!("  {short}");
+    }
 }
