@@ -47,6 +47,8 @@ pub struct System {
     pub api_addr: Option<SocketAddr>,
     /// The simulator, if it runs in this process.
     pub simulator: Option<Simulator>,
+    /// Where the providers are.
+    pub simulator_url: String,
     pub providers: Providers,
     pub shutdown: Shutdown,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
@@ -121,7 +123,18 @@ impl System {
             let (jobs, stop) = (parts.jobs.clone(), shutdown.clone());
             tasks.spawn(async move { workers::run(&ctx, &jobs, stop).await });
         }
-        Ok(System { settings, db, bootstrap, api_addr, simulator, providers, shutdown, tasks, _mock: mock })
+        Ok(System {
+            settings,
+            db,
+            bootstrap,
+            api_addr,
+            simulator,
+            simulator_url,
+            providers,
+            shutdown,
+            tasks,
+            _mock: mock,
+        })
     }
 
     /// Runs until Ctrl-C, SIGTERM, or a part failing.

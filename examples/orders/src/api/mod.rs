@@ -74,8 +74,8 @@ impl Api {
 }
 
 /// A JSON error naming the field at fault.
-pub(crate) fn error(status: StatusCode, field: &str, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({"error": format!("{field} {message}"), "field": field}))).into_response()
+pub(crate) fn error(status: StatusCode, field: &str, message: impl std::fmt::Display) -> Box<Response> {
+    Box::new((status, Json(json!({"error": format!("{field} {message}"), "field": field}))).into_response())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
@@ -85,7 +85,7 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 /// Parses and validates the request; the response is the 4xx to send.
-pub(crate) fn parse(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<NewOrder, Response> {
+pub(crate) fn parse(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<NewOrder, Box<Response>> {
     let body = body.map_err(|rejection| error(rejection.status(), "body", rejection.body_text().to_lowercase()))?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "body", format_args!("is not valid JSON: {e}")))?;
@@ -95,12 +95,12 @@ pub(crate) fn parse(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Ne
 async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let order = match parse(&api, body) {
         Ok(order) => order,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
-        Some(_) => return error(StatusCode::BAD_REQUEST, "Idempotency-Key", "must be 1 to 255 visible characters"),
+        Some(_) => return *error(StatusCode::BAD_REQUEST, "Idempotency-Key", "must be 1 to 255 visible characters"),
     };
     let now = now_ms();
     let (order_id, event_id) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
@@ -161,7 +161,7 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, 
 async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match view::get(&api.db, &id).await {
         Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "orderId", format_args!("`{id}` not found")),
+        Ok(None) => *error(StatusCode::NOT_FOUND, "orderId", format_args!("`{id}` not found")),
         Err(e) => unavailable(e),
     }
 }

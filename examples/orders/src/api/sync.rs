@@ -18,7 +18,7 @@ use crate::on_conn;
 pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
     let order = match parse(&api, body) {
         Ok(order) => order,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let now = now_ms();
     let (order_id, event_id) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
@@ -60,8 +60,8 @@ pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, By
     .await;
     match reserved {
         Ok(true) => {}
-        Ok(false) => return error(StatusCode::CONFLICT, "productId", "is out of stock"),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+        Ok(false) => return *error(StatusCode::CONFLICT, "productId", "is out of stock"),
+        Err(e) => return *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
     }
     // Charge, then points, email and SMS; any failure undoes the order.
     let outcome = async {
@@ -81,7 +81,7 @@ pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, By
     .await;
     let mut tx = match api.db.begin().await {
         Ok(tx) => tx,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+        Err(e) => return *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
     };
     let result = match outcome {
         Ok(()) => {
@@ -133,14 +133,14 @@ pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, By
                 view::save(&mut tx.conn(), &view, now_ms()).await
             }
             .await;
-            saved.map(|()| error(StatusCode::BAD_GATEWAY, "provider", failure))
+            saved.map(|()| *error(StatusCode::BAD_GATEWAY, "provider", failure))
         }
     };
     match result {
         Ok(response) => match tx.commit().await {
             Ok(()) => response,
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+            Err(e) => *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
         },
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+        Err(e) => *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
     }
 }

@@ -191,21 +191,23 @@ impl Simulator {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<String, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Box<Response>> {
     headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| {
-            (StatusCode::BAD_REQUEST, Json(json!({"error": "Idempotency-Key header required"}))).into_response()
+            Box::new(
+                (StatusCode::BAD_REQUEST, Json(json!({"error": "Idempotency-Key header required"}))).into_response(),
+            )
         })
 }
 
 async fn charge(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Json<ChargeRequest>) -> Response {
     let key = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if crate::money::parse_cents(&req.amount).is_err() {
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": "bad amount"}))).into_response();
@@ -228,7 +230,7 @@ async fn charge(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Jso
 async fn refund(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Json<RefundRequest>) -> Response {
     let key = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = sim.enter("payment", &key).await {
         return r;
@@ -249,7 +251,7 @@ async fn refund(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Jso
 async fn send_message(sim: &Simulator, provider: &str, headers: &HeaderMap, req: MessageRequest) -> Response {
     let key = match idempotency_key(headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = sim.enter(provider, &key).await {
         return r;

@@ -32,31 +32,32 @@ pub async fn handle(State(ctx): State<Ctx>, record: Record) -> Result<(), Handle
     let dead_letter = format!("{group}/{source}/{event_id}/{}", header(&record, "dlt.original.offset"));
 
     let mut tx = ctx.db.begin().await.retryable()?;
-    let mut conn = tx.conn();
-    let new = on_conn!(&mut conn, |c| sqlx::query(
-        "INSERT INTO error_log (dead_letter, order_id, consumer_group, error_kind, error, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
-    )
-    .bind(&dead_letter)
-    .bind(&order_id)
-    .bind(&group)
-    .bind(&kind)
-    .bind(&error)
-    .bind(now_ms())
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))
-    .retryable()?
-        == 1;
     let compensate = source == ctx.topics.created
         && (group == ctx.settings.group("inventory") || group == ctx.settings.group("payment"))
         && !order_id.is_empty();
-    if new && compensate {
-        let failed = EventKind::StepFailed { group: group.clone(), error: error.clone() };
-        let event = OrderEvent::caused_by(&event_id, &format!("dead-letter/{group}"), &order_id, &user_id, failed);
-        outbox::enqueue_event(&mut conn, &ctx.topics.events, &event).await.retryable()?;
+    {
+        let mut conn = tx.conn();
+        let new = on_conn!(&mut conn, |c| sqlx::query(
+            "INSERT INTO error_log (dead_letter, order_id, consumer_group, error_kind, error, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
+        )
+        .bind(&dead_letter)
+        .bind(&order_id)
+        .bind(&group)
+        .bind(&kind)
+        .bind(&error)
+        .bind(now_ms())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
+        .retryable()?
+            == 1;
+        if new && compensate {
+            let failed = EventKind::StepFailed { group: group.clone(), error: error.clone() };
+            let event = OrderEvent::caused_by(&event_id, &format!("dead-letter/{group}"), &order_id, &user_id, failed);
+            outbox::enqueue_event(&mut conn, &ctx.topics.events, &event).await.retryable()?;
+        }
     }
-    drop(conn);
     tx.commit().await.retryable()?;
     ctx.signal.wake();
 

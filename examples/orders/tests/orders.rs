@@ -1,0 +1,296 @@
+//! The order system against real Kafka, PostgreSQL and Redis (`scripts/test`
+//! starts them): thousands of orders with provider failures and sold-out
+//! products, a worker process killed mid-run, Kafka stopped while orders keep
+//! arriving, and bad requests. Each test uses its own database and a random
+//! prefix for topics, groups and dedup keys; the tests run one at a time
+//! because one of them stops the shared broker.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_handler_tests::{bootstrap, database_url, redis_url, testbed_node};
+use orders::audit::{Audit, audit};
+use orders::config::Settings;
+use orders::demo::{Load, drive, wait_settled};
+use orders::simulator::{Ledger, SimulatorConfig};
+use orders::system::{Parts, System};
+use serde_json::json;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
+/// A fresh database on the test bed's PostgreSQL, and its URL.
+async fn fresh_database(name: &str) -> String {
+    let admin = database_url();
+    let pool = sqlx::PgPool::connect(&admin).await.expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.expect("create database");
+    let base = admin.rsplit_once('/').expect("a database in DATABASE_URL").0;
+    format!("{base}/{name}")
+}
+
+struct Run {
+    settings: Settings,
+    simulator: SimulatorConfig,
+}
+
+async fn run_config(label: &str) -> Run {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let database = fresh_database(&format!("orders_{label}_{id}")).await;
+    let settings = Settings {
+        kafka: Some(bootstrap()),
+        database_url: Some(database),
+        redis_url: Some(redis_url()),
+        simulator_url: None,
+        prefix: format!("t{id}-"),
+        partitions: 3,
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        retry_delays_ms: vec![1000, 2000, 4000],
+        http_timeout_ms: 5000,
+        dedup_lease_ms: 8000,
+        data_dir: std::env::temp_dir(),
+    };
+    // Short latencies; 5 % of provider calls fail, at most once per
+    // idempotency key: notification calls two providers per attempt, so an
+    // attempt fails at most twice and every event succeeds within the three
+    // retries — no dead letters, every effect due is done.
+    let simulator = SimulatorConfig { max_failures_per_key: 1, ..SimulatorConfig::uniform(20, 0.05) };
+    Run { settings, simulator }
+}
+
+fn ledger(system: &System) -> Ledger {
+    system.simulator.as_ref().expect("in-process simulator").ledger()
+}
+
+fn print_audit(name: &str, a: &Audit, ledger: &Ledger) {
+    println!(
+        "{name}: {} orders: {} confirmed, {} cancelled, {} in flight; payments {}, refunds {}, points {}, emails {}, \
+         SMS {}, dead letters {}, stock left {}; missing {}, duplicated {}; injected failures {:?}",
+        a.orders,
+        a.confirmed,
+        a.cancelled,
+        a.in_flight,
+        a.payments,
+        a.refunds,
+        a.points_entries,
+        a.emails,
+        a.sms,
+        a.dead_letters,
+        a.stock_left,
+        a.missing,
+        a.duplicates,
+        ledger.injected_failures
+    );
+}
+
+/// Every promise: all settled, nothing missing or doubled.
+fn assert_promises(a: &Audit, orders: usize) {
+    assert!(a.violations.is_empty(), "broken promises:\n{}", a.violations.join("\n"));
+    assert_eq!(a.orders as usize, orders);
+    assert_eq!(a.confirmed + a.cancelled, a.orders);
+    assert_eq!((a.in_flight, a.missing, a.duplicates, a.outbox_depth), (0, 0, 0, 0));
+    assert_eq!(a.payments - a.refunds, a.confirmed, "every charge of a cancelled order refunded");
+    assert_eq!((a.points_entries, a.emails, a.sms), (a.confirmed, a.confirmed, a.confirmed));
+}
+
+fn load(orders: usize) -> Load {
+    Load { concurrency: 16, ..Load::new(orders) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_orders_with_provider_failures_and_sold_out_products_keep_every_promise() {
+    let _serial = serial().await;
+    let run = run_config("failures").await;
+    let system = System::start(run.settings, run.simulator, Parts::all()).await.expect("start");
+    let base = format!("http://{}", system.api_addr.unwrap());
+    let driven = drive(&base, &load(2000)).await.expect("drive");
+    assert_eq!((driven.order_ids.len(), driven.rejected), (2000, 0));
+    assert_eq!(wait_settled(&system.db, Duration::from_secs(240)).await.unwrap(), 0, "orders still in flight");
+    let ledger = ledger(&system);
+    let a = audit(&system.db, &ledger).await.unwrap();
+    print_audit("failures", &a, &ledger);
+    assert_promises(&a, 2000);
+    assert!(a.cancelled >= 20, "sold-out orders are cancelled: {}", a.cancelled);
+    assert_eq!(a.dead_letters, 0);
+    assert!(ledger.injected_failures.values().sum::<u64>() > 50, "failures were injected");
+    system.stop().await.unwrap();
+}
+
+/// The `orders` binary running one role.
+struct Worker(Child);
+
+impl Worker {
+    fn spawn(settings: &Settings, simulator_url: &str, jobs: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_orders"))
+            .args(["worker", jobs])
+            .env("KAFKA_BOOTSTRAP_SERVERS", settings.kafka.as_deref().unwrap())
+            .env("DATABASE_URL", settings.database_url.as_deref().unwrap())
+            .env("REDIS_URL", settings.redis_url.as_deref().unwrap())
+            .env("SIMULATOR_URL", simulator_url)
+            .env("ORDERS_PREFIX", &settings.prefix)
+            .env("ORDERS_PARTITIONS", settings.partitions.to_string())
+            .env("ORDERS_DEDUP_LEASE_MS", settings.dedup_lease_ms.to_string())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the orders binary");
+        Worker(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn confirmed(system: &System) -> i64 {
+    orders::on_db!(&system.db, |p| sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status = 'CONFIRMED'")
+        .fetch_one(p)
+        .await)
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_process_killed_and_restarted_mid_run_loses_and_doubles_nothing() {
+    let _serial = serial().await;
+    let run = run_config("sigkill").await;
+    let jobs = "inventory,payment,notification,points";
+    let in_process =
+        Parts { api: true, relay: true, jobs: ["analytics", "order-status", "dlt-monitor"].map(String::from).to_vec() };
+    let settings = run.settings.clone();
+    let system = System::start(run.settings, run.simulator, in_process).await.expect("start");
+    let mut worker = Worker::spawn(&settings, &system.simulator_url, jobs);
+    let base = format!("http://{}", system.api_addr.unwrap());
+    let driving = tokio::spawn(async move { drive(&base, &load(2000)).await });
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while confirmed(&system).await < 300 {
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.kill();
+    let at_kill = confirmed(&system).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _worker = Worker::spawn(&settings, &system.simulator_url, jobs);
+
+    let driven = driving.await.unwrap().expect("drive");
+    assert_eq!((driven.order_ids.len(), driven.rejected), (2000, 0));
+    assert_eq!(wait_settled(&system.db, Duration::from_secs(240)).await.unwrap(), 0, "orders still in flight");
+    let ledger = ledger(&system);
+    let a = audit(&system.db, &ledger).await.unwrap();
+    print_audit(&format!("sigkill (killed at {at_kill} confirmed)"), &a, &ledger);
+    assert!(at_kill < 2000, "the worker was killed mid-run");
+    assert_promises(&a, 2000);
+    system.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_down_for_20_seconds_the_api_keeps_answering_and_the_outbox_loses_nothing() {
+    let _serial = serial().await;
+    let run = run_config("kafka_down").await;
+    let system = System::start(run.settings, run.simulator, Parts::all()).await.expect("start");
+    let base = format!("http://{}", system.api_addr.unwrap());
+    let before = drive(&base, &load(200)).await.expect("drive");
+    assert_eq!(wait_settled(&system.db, Duration::from_secs(120)).await.unwrap(), 0);
+
+    testbed_node("stop", "kafka");
+    let down_since = Instant::now();
+    let mut during = Vec::new();
+    let mut peak_outbox = 0;
+    while down_since.elapsed() < Duration::from_secs(20) {
+        let driven = drive(&base, &Load { concurrency: 4, ..Load::new(20) }).await.expect("drive while down");
+        assert_eq!(driven.rejected, 0, "the API answers while Kafka is down");
+        during.push(driven);
+        peak_outbox = peak_outbox.max(system.db.outbox_depth().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    testbed_node("start", "kafka");
+    let accepted_while_down: usize = during.iter().map(|d| d.order_ids.len()).sum();
+    let mut latencies: Vec<f64> =
+        during.iter().flat_map(|d| d.latencies.iter().map(|l| l.as_secs_f64() * 1000.0)).collect();
+    let p99 = orders::demo::percentile(&mut latencies, 99.0);
+    println!(
+        "kafka down 20 s: {accepted_while_down} orders accepted, API p99 {p99:.1} ms, outbox peaked at {peak_outbox}"
+    );
+    assert!(accepted_while_down >= 200);
+    assert!(peak_outbox as usize >= accepted_while_down / 2, "the outbox held the events: {peak_outbox}");
+
+    assert_eq!(wait_settled(&system.db, Duration::from_secs(240)).await.unwrap(), 0, "orders still in flight");
+    let ledger = ledger(&system);
+    let a = audit(&system.db, &ledger).await.unwrap();
+    print_audit("kafka down", &a, &ledger);
+    assert_promises(&a, before.order_ids.len() + accepted_while_down);
+    system.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_naming_the_field_and_create_nothing() {
+    let _serial = serial().await;
+    let run = run_config("bad").await;
+    let parts = Parts { api: true, relay: true, jobs: Vec::new() };
+    let system = System::start(run.settings, run.simulator, parts).await.expect("start");
+    let url = format!("http://{}/orders", system.api_addr.unwrap());
+    let http = reqwest::Client::new();
+    let good = json!({"userId": "u1", "productId": "sku-01", "quantity": 1, "amount": "4.99"});
+    let with = |field: &str, value: serde_json::Value| {
+        let mut body = good.clone();
+        body[field] = value;
+        body
+    };
+    let without = |field: &str| {
+        let mut body = good.clone();
+        body.as_object_mut().unwrap().remove(field);
+        body
+    };
+    let cases = [
+        ("missing userId", without("userId").to_string(), 422, "userId"),
+        ("missing productId", without("productId").to_string(), 422, "productId"),
+        ("missing quantity", without("quantity").to_string(), 422, "quantity"),
+        ("missing amount", without("amount").to_string(), 422, "amount"),
+        ("negative quantity", with("quantity", json!(-2)).to_string(), 422, "quantity"),
+        ("zero quantity", with("quantity", json!(0)).to_string(), 422, "quantity"),
+        ("non-numeric amount", with("amount", json!("12,50 EUR")).to_string(), 422, "amount"),
+        ("amount as a float", with("amount", json!(4.99)).to_string(), 422, "amount"),
+        ("negative amount", with("amount", json!("-4.99")).to_string(), 422, "amount"),
+        ("unknown product", with("productId", json!("sku-nope")).to_string(), 422, "productId"),
+        ("not JSON", "{\"userId\": ".to_owned(), 400, "body"),
+        ("1 MB body", json!({"userId": "x".repeat(1 << 20)}).to_string(), 413, "body"),
+    ];
+    for (what, body, status, field) in cases {
+        let response = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let answer: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+        assert_eq!(answer["field"], field, "{what}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {answer}");
+    }
+    let orders = orders::db::view::all(&system.db).await.unwrap();
+    assert!(orders.is_empty(), "bad requests created {} orders", orders.len());
+    assert_eq!(system.db.outbox_depth().await.unwrap(), 0);
+
+    // A good request with a key, sent twice, creates one order.
+    let mut ids = Vec::new();
+    for expected in [201, 200] {
+        let response = http.post(&url).header("Idempotency-Key", "client-1").json(&good).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "PENDING");
+        ids.push(answer["orderId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(orders::db::view::all(&system.db).await.unwrap().len(), 1);
+    system.stop().await.unwrap();
+}
