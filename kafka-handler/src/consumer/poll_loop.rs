@@ -29,7 +29,7 @@ pub(super) fn run(
             scheduler.drain_completions();
             scheduler.store_offsets(consumer);
             #[cfg(feature = "retry-topic")]
-            scheduler.apply_due(consumer);
+            scheduler.dispatch_due();
             scheduler.apply_backpressure(consumer);
             scheduler.observe(consumer, &context.observed);
             #[cfg_attr(not(feature = "retry-topic"), allow(unused_mut))]

@@ -18,8 +18,7 @@ impl Scheduler {
         if self.stopping {
             return;
         }
-        let assigned: usize = self.partitions.values().map(|parts| parts.len()).sum();
-        let share = (self.max_buffered / assigned.max(1)).max(1);
+        let share = self.share();
         let full = self.buffered >= self.max_buffered;
         let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
         for (topic, parts) in &mut self.partitions {
@@ -28,7 +27,7 @@ impl Scheduler {
                     state.paused = true;
                     state.overfull = false;
                     pause.add_partition(topic, partition);
-                } else if state.paused && !full && state.outstanding <= share / 2 && !state.is_held() {
+                } else if state.paused && !full && state.outstanding <= share / 2 {
                     state.paused = false;
                     resume.add_partition(topic, partition);
                 }
@@ -44,6 +43,12 @@ impl Scheduler {
             }
             tracing::debug!(paused, partitions = tpl.count(), share, "back-pressure");
         }
+    }
+
+    /// Each assigned partition's share of `max_buffered`.
+    pub(super) fn share(&self) -> usize {
+        let assigned: usize = self.partitions.values().map(|parts| parts.len()).sum();
+        (self.max_buffered / assigned.max(1)).max(1)
     }
 
     /// Stops fetching from every partition, for a graceful shutdown.

@@ -19,9 +19,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tokio_mpsc;
 
 mod backpressure;
-mod observe;
 #[cfg(feature = "retry-topic")]
 mod due;
+mod observe;
 
 use super::inline::InlineStart;
 use super::lane::{LaneConfig, run_lane};
@@ -82,18 +82,19 @@ struct PartitionState {
     paused: bool,
     /// Delivered a record while the buffer was full: pause it.
     overfull: bool,
-    /// Paused until a retry record falls due.
+    /// Retry records waiting until due, with what came behind them.
     #[cfg(feature = "retry-topic")]
-    held: Option<due::Held>,
+    held: due::Held,
 }
 
 impl PartitionState {
-    /// Paused until a retry record falls due.
-    fn is_held(&self) -> bool {
+    /// Records handed to handlers and not finished (held retry records are
+    /// not: nothing runs them before they are due).
+    fn running(&self) -> usize {
         #[cfg(feature = "retry-topic")]
-        return self.held.is_some();
+        return self.outstanding - self.held.len();
         #[cfg(not(feature = "retry-topic"))]
-        false
+        self.outstanding
     }
 
     /// Stops the lanes: calls in progress finish, nothing else starts.
@@ -201,7 +202,7 @@ impl Scheduler {
                     paused: false,
                     overfull: false,
                     #[cfg(feature = "retry-topic")]
-                    held: None,
+                    held: due::Held::new(),
                 },
             );
         }
@@ -209,7 +210,8 @@ impl Scheduler {
 
     /// Hands a polled record to its lane.
     pub(crate) fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
-        let Some(state) = self.partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition())) else {
+        let (partitions, mut starter) = self.split();
+        let Some(state) = partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition())) else {
             // Not stored, so the record is read again by whoever owns the partition.
             tracing::warn!(
                 topic = msg.topic(),
@@ -223,11 +225,6 @@ impl Scheduler {
             // Fetched again after a pause or reassignment: already dispatched.
             return;
         }
-        #[cfg(feature = "retry-topic")]
-        if state.held.is_some() {
-            // Fetched before the rewind to the held record took effect.
-            return;
-        }
         let headers: Vec<Header> = msg
             .headers()
             .map(|hs| {
@@ -236,10 +233,6 @@ impl Scheduler {
                     .collect()
             })
             .unwrap_or_default();
-        #[cfg(feature = "retry-topic")]
-        if due::hold_if_early(state, msg.offset(), &headers) {
-            return;
-        }
         let record = Record::from_parts(
             Arc::clone(&state.topic),
             msg.partition(),
@@ -247,55 +240,34 @@ impl Scheduler {
             msg.timestamp().to_millis(),
             KeyAndPayload::new(msg.key(), msg.payload()),
             headers,
-            Arc::clone(&self.shared),
+            Arc::clone(starter.shared),
         );
-        let lane_key = match (self.ordering, msg.key()) {
+        let lane_key = match (starter.ordering, msg.key()) {
             (Ordering::Partition, _) => LaneKey::Partition,
             (Ordering::Key, Some(key)) => LaneKey::Key(key_hash(key)),
             (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
         };
-        let (partition, offset) = (msg.partition(), msg.offset());
-        state.tracker.dispatched(offset, msg.timestamp().to_millis());
-        state.outstanding += 1;
-        self.buffered += 1;
-        if self.buffered > self.max_buffered {
-            state.overfull = true;
-        }
-        if let Some(lane) = state.lanes.get_mut(&lane_key) {
-            lane.queued += 1;
-            // The lane task only stops when its sender is dropped, so this cannot fail.
-            let _ = lane.tx.send(record);
+        #[cfg(feature = "retry-topic")]
+        let Some((record, lane_key)) = due::hold(state, &mut starter, record, lane_key) else {
             return;
-        }
-        // Nothing of this lane is in flight: start the record right here. A
-        // handler that finishes without waiting costs no hand-off at all.
-        let first = if self.inline.enabled {
-            match self.inline.start(&self.lane.in_flight, record) {
-                Ok(failure) => {
-                    state.tracker.finished(offset);
-                    state.outstanding -= 1;
-                    self.buffered -= 1;
-                    self.counts.record(&state.topic, partition, offset, failure);
-                    return;
-                }
-                Err(first) => first,
-            }
-        } else {
-            Err(record)
         };
-        let (tx, rx) = tokio_mpsc::unbounded_channel();
-        tracing::trace!(partition, offset, started = first.is_ok(), "new lane");
-        let first = match first {
-            Ok(started) => Some(started),
-            Err(record) => {
-                let _ = tx.send(record);
-                None
-            }
+        starter.start(state, record, lane_key);
+    }
+
+    /// The partitions, and what starting a record needs, borrowed apart.
+    fn split(&mut self) -> (&mut HashMap<Arc<str>, HashMap<i32, PartitionState>>, Starter<'_>) {
+        let starter = Starter {
+            inline: &mut self.inline,
+            lane: &self.lane,
+            runtime: &self.runtime,
+            completions_tx: &self.completions_tx,
+            counts: &mut self.counts,
+            buffered: &mut self.buffered,
+            max_buffered: self.max_buffered,
+            shared: &self.shared,
+            ordering: self.ordering,
         };
-        let id = LaneId { topic: Arc::clone(&state.topic), partition, epoch: state.epoch, key: lane_key.clone() };
-        let retired = Arc::new(AtomicBool::new(false));
-        self.runtime.spawn(run_lane(rx, self.lane.clone(), self.completions_tx.clone(), id, first, retired.clone()));
-        state.lanes.insert(lane_key, Lane { tx, queued: 1, retired });
+        (&mut self.partitions, starter)
     }
 
     /// Applies every completion reported so far.
@@ -377,7 +349,7 @@ impl Scheduler {
                 parts.contains_key(&e.partition()).then(|| (Arc::clone(topic), e.partition()))
             })
             .collect();
-        let pending = |s: &Self| revoked.iter().map(|(t, p)| s.partitions[t][p].outstanding).sum::<usize>();
+        let pending = |s: &Self| revoked.iter().map(|(t, p)| s.partitions[t][p].running()).sum::<usize>();
         while pending(self) > 0 {
             let now = Instant::now();
             if now >= deadline {
@@ -420,5 +392,66 @@ impl Scheduler {
         if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
             tracing::warn!(error = %e, "could not commit offsets of revoked partitions");
         }
+    }
+}
+
+/// Starts records: on the polling thread when their lane is idle, else in
+/// their lane's task.
+struct Starter<'a> {
+    inline: &'a mut InlineStart,
+    lane: &'a LaneConfig,
+    runtime: &'a tokio::runtime::Handle,
+    completions_tx: &'a mpsc::Sender<Completion>,
+    counts: &'a mut Counts,
+    buffered: &'a mut usize,
+    max_buffered: usize,
+    shared: &'a Arc<http::Extensions>,
+    ordering: Ordering,
+}
+
+impl Starter<'_> {
+    fn start(&mut self, state: &mut PartitionState, record: Record, lane_key: LaneKey) {
+        let (partition, offset) = (record.partition(), record.offset());
+        state.tracker.dispatched(offset, record.timestamp());
+        state.outstanding += 1;
+        *self.buffered += 1;
+        if *self.buffered > self.max_buffered {
+            state.overfull = true;
+        }
+        if let Some(lane) = state.lanes.get_mut(&lane_key) {
+            lane.queued += 1;
+            // The lane task only stops when its sender is dropped, so this cannot fail.
+            let _ = lane.tx.send(record);
+            return;
+        }
+        // Nothing of this lane is in flight: start the record right here. A
+        // handler that finishes without waiting costs no hand-off at all.
+        let first = if self.inline.enabled {
+            match self.inline.start(&self.lane.in_flight, record) {
+                Ok(failure) => {
+                    state.tracker.finished(offset);
+                    state.outstanding -= 1;
+                    *self.buffered -= 1;
+                    self.counts.record(&state.topic, partition, offset, failure);
+                    return;
+                }
+                Err(first) => first,
+            }
+        } else {
+            Err(record)
+        };
+        let (tx, rx) = tokio_mpsc::unbounded_channel();
+        tracing::trace!(partition, offset, started = first.is_ok(), "new lane");
+        let first = match first {
+            Ok(started) => Some(started),
+            Err(record) => {
+                let _ = tx.send(record);
+                None
+            }
+        };
+        let id = LaneId { topic: Arc::clone(&state.topic), partition, epoch: state.epoch, key: lane_key.clone() };
+        let retired = Arc::new(AtomicBool::new(false));
+        self.runtime.spawn(run_lane(rx, self.lane.clone(), self.completions_tx.clone(), id, first, retired.clone()));
+        state.lanes.insert(lane_key, Lane { tx, queued: 1, retired });
     }
 }

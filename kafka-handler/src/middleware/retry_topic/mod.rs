@@ -5,8 +5,9 @@
 //! in a header, and the source partition moves on at once. The consumer also
 //! reads its retry topics (the [`ConsumerBuilder::retry_topics`] builder
 //! method subscribes to them). A record read from one before it is due is not
-//! handled: the runtime pauses that retry partition, rewinds it to the
-//! record and resumes it when the record falls due, so nothing sleeps and
+//! handed to a handler: the polling thread holds it and dispatches it when it
+//! falls due, and a retry partition holding its share of the buffer is paused
+//! until its records fall due. No handler sleeps, so
 //! nothing else waits for it. Each level has one delay, so records of a retry
 //! partition fall due in order.
 //!
