@@ -107,7 +107,13 @@ impl System {
             tasks.spawn(relay.run(shutdown.clone()));
         }
         let api_addr = if parts.api {
-            let api = Api::new(db.clone(), topics.clone(), signal.clone(), providers.clone()).await?;
+            // On PostgreSQL the API has a pool of its own: requests never wait
+            // for a connection behind the workers' batch transactions.
+            let api_db = match &db {
+                Db::Postgres(_) => Db::connect(&settings.database(), 16).await?,
+                Db::Sqlite(_) => db.clone(),
+            };
+            let api = Api::new(api_db, topics.clone(), signal.clone(), providers.clone()).await?;
             Some(api.serve(settings.api_addr, shutdown.clone()).await?)
         } else {
             None
