@@ -36,7 +36,7 @@ fn exporter() -> &'static InMemorySpanExporter {
         let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
         global::set_text_map_propagator(TraceContextPropagator::new());
         let spans = Targets::new()
-            .with_target("kafka_handler::record", Level::INFO)
+            .with_target("kafka_handler::record", Level::DEBUG)
             .with_target("kafka_handler", Level::WARN)
             .with_target("http", Level::INFO);
         let log = EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());

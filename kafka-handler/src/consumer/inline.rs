@@ -68,11 +68,10 @@ impl InlineStart {
         self.untimed = (self.untimed + 1) % SAMPLE_EVERY;
         let began = (self.untimed == 0).then(Instant::now);
         let span = record_span::open(&record);
-        let (call, polled) = span.in_scope(|| {
-            let mut call = self.service.call(record.clone());
-            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
-            (call, polled)
-        });
+        let entered = span.as_ref().map(tracing::Span::enter);
+        let mut call = self.service.call(record.clone());
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+        drop(entered);
         if let Some(began) = began {
             self.observe(began.elapsed());
         }
@@ -107,7 +106,9 @@ impl InlineStart {
 }
 
 /// A record finished on its first poll: closes its span.
-fn finished(span: &tracing::Span, result: Result<(), HandlerError>) -> Option<HandlerError> {
-    record_span::close(span, &result);
+fn finished(span: &Option<tracing::Span>, result: Result<(), HandlerError>) -> Option<HandlerError> {
+    if let Some(span) = span {
+        record_span::close(span, &result);
+    }
     result.err()
 }

@@ -100,7 +100,7 @@ pub(crate) struct Started {
     pub(crate) record: Record,
     pub(crate) attempt: Attempt,
     /// The record's span, opened when its first attempt started.
-    pub(crate) span: Span,
+    pub(crate) span: Option<Span>,
 }
 
 pub(crate) enum Attempt {
@@ -110,11 +110,12 @@ pub(crate) enum Attempt {
     Failed(HandlerError),
 }
 
-/// Runs `call` in the record's `span` and records how it ended there.
-async fn traced(span: Span, call: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
-    if span.is_disabled() {
+/// Runs `call` in the record's `span`, if it has one, and records how it
+/// ended there.
+async fn traced(span: Option<Span>, call: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    let Some(span) = span else {
         return call.await;
-    }
+    };
     let result = call.instrument(span.clone()).await;
     record_span::close(&span, &result);
     result
