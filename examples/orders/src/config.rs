@@ -45,6 +45,10 @@ pub struct Settings {
     /// long a crashed worker's claim blocks the event.
     #[arg(long, env = "ORDERS_DEDUP_LEASE_MS", default_value_t = 30_000, global = true)]
     pub dedup_lease_ms: u64,
+    /// Where a process without the API serves `/metrics` (workers, relay);
+    /// unset: nowhere.
+    #[arg(long, env = "ORDERS_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where embedded mode keeps its SQLite files.
     #[arg(long, env = "ORDERS_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: std::path::PathBuf,

@@ -18,4 +18,5 @@ pub mod outbox;
 pub mod shutdown;
 pub mod simulator;
 pub mod system;
+pub mod telemetry;
 pub mod workers;

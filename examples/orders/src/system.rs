@@ -100,6 +100,7 @@ impl System {
             .set("message.timeout.ms", "15000")
             .build()?;
         let signal = OutboxSignal::default();
+        let telemetry = crate::telemetry::Telemetry::new()?;
         let mut tasks = tokio::task::JoinSet::new();
 
         if parts.relay {
@@ -113,9 +114,13 @@ impl System {
                 Db::Postgres(_) => Db::connect(&settings.database(), 16).await?,
                 Db::Sqlite(_) => db.clone(),
             };
-            let api = Api::new(api_db, topics.clone(), signal.clone(), providers.clone()).await?;
+            let mut api = Api::new(api_db, topics.clone(), signal.clone(), providers.clone()).await?;
+            api.telemetry = Some(telemetry.clone());
             Some(api.serve(settings.api_addr, shutdown.clone()).await?)
         } else {
+            if let Some(addr) = settings.metrics_addr {
+                telemetry.serve(addr, shutdown.clone()).await?;
+            }
             None
         };
         if !parts.jobs.is_empty() {
@@ -128,6 +133,7 @@ impl System {
                 providers: providers.clone(),
                 signal,
                 dedup: dedup_store(&settings, &db).await?,
+                telemetry,
             };
             let (jobs, stop) = (parts.jobs.clone(), shutdown.clone());
             tasks.spawn(async move { workers::run(&ctx, &jobs, stop).await });

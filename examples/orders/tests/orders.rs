@@ -50,6 +50,7 @@ async fn run_config(label: &str) -> Run {
         retry_delays_ms: vec![1000, 2000, 4000],
         http_timeout_ms: 5000,
         dedup_lease_ms: 8000,
+        metrics_addr: None,
         data_dir: std::env::temp_dir(),
     };
     // Short latencies; 5 % of provider calls fail, at most once per

@@ -40,13 +40,15 @@ pub struct Api {
     pub providers: Providers,
     /// Product id → price in cents, loaded at start.
     pub catalog: Arc<HashMap<String, i64>>,
+    /// The consumers' metrics, when they run in this process.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl Api {
     /// Loads the catalog.
     pub async fn new(db: Db, topics: Topics, signal: OutboxSignal, providers: Providers) -> anyhow::Result<Self> {
         let catalog = db.stock().await?.into_iter().map(|(id, ..)| (id, 0)).collect();
-        Ok(Self { db, topics, signal, providers, catalog: Arc::new(catalog) })
+        Ok(Self { db, topics, signal, providers, catalog: Arc::new(catalog), telemetry: None })
     }
 
     /// The routes.
@@ -166,7 +168,8 @@ async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
     }
 }
 
-/// Orders by status and the outbox depth, in Prometheus' text format.
+/// Orders by status, the outbox depth, and the consumers' metrics when they
+/// run in this process, in Prometheus' text format.
 async fn metrics(State(api): State<Api>) -> Response {
     let counts: Result<Vec<(String, i64)>, _> =
         crate::on_db!(&api.db, |p| sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
@@ -180,5 +183,8 @@ async fn metrics(State(api): State<Api>) -> Response {
         text.push_str(&format!("orders{{status=\"{status}\"}} {n}\n"));
     }
     text.push_str(&format!("# TYPE orders_outbox_depth gauge\norders_outbox_depth {depth}\n"));
+    if let Some(telemetry) = &api.telemetry {
+        text.push_str(&telemetry.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

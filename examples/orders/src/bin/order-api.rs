@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         retry_delays_ms: vec![1000, 2000, 4000],
         http_timeout_ms: 5000,
         dedup_lease_ms: 30_000,
+        metrics_addr: None,
         data_dir: std::env::temp_dir(),
     };
     let system = System::start(settings, SimulatorConfig::uniform(args.latency_ms, 0.0), Parts::all()).await?;

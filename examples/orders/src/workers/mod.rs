@@ -40,6 +40,7 @@ pub struct Ctx {
     pub providers: Providers,
     pub signal: OutboxSignal,
     pub dedup: Arc<dyn DedupStore>,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Ctx {
@@ -129,6 +130,7 @@ pub fn consumer(ctx: &Ctx, job: &str) -> anyhow::Result<Consumer> {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .create_topics(false)
+        .meter_provider(&ctx.telemetry.provider)
         .state(ctx.clone());
     let retry = RetryTopicLayer::with_delays(ctx.producer.clone(), ctx.settings.retry_delays());
     let store = DedupLayer::new(ctx.dedup.clone()).lease(Duration::from_millis(ctx.settings.dedup_lease_ms));
