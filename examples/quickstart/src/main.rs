@@ -3,24 +3,32 @@
 //! Metrics for Prometheus are served on `/metrics`, health probes on
 //! `/health/ready` and `/health/live` (address: `METRICS_ADDR`, default
 //! `127.0.0.1:9464`); with `--serve` it keeps consuming and serving until Ctrl-C.
+//! Each order is published inside a request span, and the consumer handles it
+//! inside a span of that trace (the trace context travels in Kafka headers);
+//! spans go to OTLP, or to stdout with `OTEL_TRACES_EXPORTER=console`.
 //!
 //! ```text
 //! cargo run -p quickstart                                   # in-process broker
 //! cargo run -p quickstart -- --serve                        # keep running: curl localhost:9464/metrics
 //! KAFKA_BOOTSTRAP_SERVERS=localhost:9092 cargo run -p quickstart
 //! OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 cargo run -p quickstart   # also OTLP
+//! OTEL_TRACES_EXPORTER=console cargo run -p quickstart      # spans to stdout
 //! ```
 
 mod telemetry;
+mod traces;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_handler::extract::{Json, Metadata, State};
 use kafka_handler::mock::MockCluster;
 use kafka_handler::{Consumer, HandlerError, Ordering, Outgoing, Producer, handler};
+use opentelemetry::trace::{TraceContextExt, TraceId};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 const TOPIC: &str = "order.created";
 const ORDERS: usize = 12;
@@ -42,6 +50,15 @@ struct OrderCreated {
 struct Run {
     id: String,
     handled: Arc<AtomicUsize>,
+    /// The trace of the request that published each order.
+    published: Arc<Mutex<HashMap<u64, TraceId>>>,
+    /// Orders handled in that trace.
+    in_trace: Arc<AtomicUsize>,
+}
+
+/// The trace the code runs in.
+fn current_trace() -> TraceId {
+    opentelemetry::Context::current().span().span_context().trace_id()
 }
 
 /// Business logic only: the runtime decodes, orders per user, commits.
@@ -62,15 +79,17 @@ async fn reserve_stock(
         "  handled order {:>2} of {} (qty {}, {}) from partition {} offset {}",
         order.order_id, order.user_id, order.quantity, order.amount, meta.partition, meta.offset
     );
+    // The record's span continues the trace of the request that published it.
+    if run.published.lock().unwrap().get(&order.order_id) == Some(&current_trace()) {
+        run.in_trace.fetch_add(1, AtomicOrdering::SeqCst);
+    }
     run.handled.fetch_add(1, AtomicOrdering::SeqCst);
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
+    let tracer_provider = traces::init()?;
 
     // No broker configured: start librdkafka's in-process mock cluster.
     let mock;
@@ -87,7 +106,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let run = Run { id: uuid::Uuid::new_v4().to_string(), handled: Arc::default() };
+    let run = Run {
+        id: uuid::Uuid::new_v4().to_string(),
+        handled: Arc::default(),
+        published: Arc::default(),
+        in_trace: Arc::default(),
+    };
     let producer = Producer::builder().bootstrap_servers(&bootstrap).build()?;
     println!("publishing {ORDERS} OrderCreated events to {TOPIC}, keyed by userId");
     for order_id in 1..=ORDERS as u64 {
@@ -101,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
             run: run.id.clone(),
         };
         let key = event.user_id.clone();
-        producer.send(Outgoing::json(TOPIC, &event)?.key(key)).await?;
+        // As an HTTP handler would: the request's span is current while it publishes.
+        let request = tracing::info_span!("place_order", order_id);
+        run.published.lock().unwrap().insert(order_id, request.in_scope(current_trace));
+        producer.send(Outgoing::json(TOPIC, &event)?.key(key)).instrument(request).await?;
     }
 
     let registry = prometheus::Registry::new();
@@ -133,6 +160,12 @@ async fn main() -> anyhow::Result<()> {
         };
         tokio::time::timeout(Duration::from_secs(60), consumer.run_until(all_handled)).await??;
         println!("done: {} of {ORDERS} orders handled, offsets committed", run.handled.load(AtomicOrdering::SeqCst));
+        let in_trace = run.in_trace.load(AtomicOrdering::SeqCst);
+        println!("traces: {in_trace} of {ORDERS} orders handled in the trace of the request that published them");
+    }
+    // Flushes the spans; an unreachable collector is not the program's failure.
+    if let Err(e) = tracer_provider.shutdown() {
+        eprintln!("could not export the last traces: {e}");
     }
     meter_provider.shutdown()?;
     Ok(())
