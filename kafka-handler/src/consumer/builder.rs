@@ -22,10 +22,11 @@ use crate::{Error, Handler, HandlerError, Record};
 ///
 /// Defaults: at-least-once offsets (`enable.auto.offset.store=false`, finished
 /// offsets committed every second and on revoke and shutdown),
-/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=32768`, the
+/// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=32768`,
+/// `statistics.interval.ms=5000` (for health and lag), the
 /// `cooperative-sticky` assignor (unless
 /// `group.protocol=consumer`, KIP-848, is chosen), [`Ordering::Partition`],
-/// 256 handler calls in flight, 10,000 records buffered.
+/// 256 handler calls in flight, 10,000 records buffered, a 60 s stall timeout.
 #[must_use]
 pub struct ConsumerBuilder {
     config: KafkaConfig,
