@@ -44,7 +44,8 @@ impl LagRefresh {
                         .partitions
                         .iter()
                         .filter(|p| {
-                            (p.paused && tick.is_multiple_of(PAUSED_EVERY)) || !observed.knows_high(&p.topic, p.partition)
+                            (p.paused && tick.is_multiple_of(PAUSED_EVERY))
+                                || !observed.knows_high(&p.topic, p.partition)
                         })
                         .map(|p| (p.topic.clone(), p.partition))
                         .collect();
