@@ -360,9 +360,11 @@ impl ConsumerBuilder {
             self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
         }
         let mut to_create = Vec::new();
+        // Derived from the subscribed topics only, not from each other.
+        let sources = self.topics.clone();
         #[cfg_attr(not(any(feature = "retry-topic", feature = "dead-letter")), allow(unused_variables))]
         for derived in &self.derived_topics {
-            for source in self.topics.clone() {
+            for source in sources.iter().cloned() {
                 match *derived {
                     #[cfg(feature = "retry-topic")]
                     DerivedTopics::Retry(levels) => {
@@ -457,6 +459,22 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("enable.auto.offset.store"), "{err}");
+    }
+
+    #[cfg(all(feature = "retry-topic", feature = "dead-letter"))]
+    #[test]
+    fn derived_topics_come_from_the_subscribed_topics_only() {
+        let producer = crate::Producer::builder().bootstrap_servers("localhost:1").build().unwrap();
+        let c = Consumer::builder()
+            .handler(|| async {})
+            .group_id("g")
+            .topic("t")
+            .bootstrap_servers("localhost:1")
+            .retry_topics(crate::middleware::RetryTopicLayer::with_delays(producer.clone(), [Duration::from_secs(1)]))
+            .dead_letter(producer)
+            .build()
+            .unwrap();
+        assert_eq!(c.topics, ["t", "t.g.retry.1", "t.g.redrive"]);
     }
 
     #[test]
