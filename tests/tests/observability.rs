@@ -12,7 +12,7 @@ use kafka_handler::dedup::{Claim, DedupStore, Lease, StoreError};
 use kafka_handler::extract::{Attempt, Json, Metadata};
 use kafka_handler::middleware::{DedupLayer, ExponentialBackoff};
 use kafka_handler::mock::MockCluster;
-use kafka_handler::{Consumer, ConsumerBuilder, HandlerError, Outgoing, Producer};
+use kafka_handler::{Consumer, ConsumerBuilder, HandlerError, Health, Outgoing, Producer};
 use kafka_handler_tests::events::{TestEvent, produce};
 use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -352,4 +352,37 @@ async fn dashboard_and_alerts_use_exported_metric_names() {
     assert_eq!(missing(), Vec::<String>::new(), "named by the dashboard or the rules but not exported");
     eprintln!("exported: {:?}", exported());
     stop(stop_tx, task).await;
+}
+
+/// Invariant: a member that gets no partition (more members than
+/// partitions) is ready all the same — a standby, not a failure — so a
+/// rolling update that adds a member is not held up by its readiness probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_partitions_is_ready() {
+    init_tracing();
+    let cluster = MockCluster::start(1).unwrap();
+    cluster.create_topic("one-partition", 1).unwrap();
+    let consumer = || {
+        Consumer::builder()
+            .bootstrap_servers(cluster.bootstrap_servers())
+            .group_id("standby")
+            .topic("one-partition")
+            .handler(|| async {})
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (consumer(), consumer());
+    let health = [first.health(), second.health()];
+    let runs = [start(first), start(second)];
+    let assigned = || {
+        let mut assigned: Vec<usize> = health.iter().map(|h| h.report().assigned).collect();
+        assigned.sort();
+        assigned
+    };
+    wait_for(Duration::from_secs(30), "the partition to be assigned", || assigned() == [0, 1]).await;
+    let reports: Vec<_> = health.iter().map(Health::report).collect();
+    assert!(reports.iter().all(|r| r.ready && r.live), "{reports:?}");
+    for (stop_tx, task) in runs {
+        stop(stop_tx, task).await;
+    }
 }

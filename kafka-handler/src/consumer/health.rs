@@ -117,3 +117,44 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::observed::{Oldest, PartitionView, Snapshot};
+
+    #[test]
+    fn a_partition_whose_oldest_record_outlives_the_timeout_is_stalled() {
+        let observed = Arc::new(Observed::new(Arc::from("g"), Duration::from_millis(50)));
+        let health = Health::new(Arc::clone(&observed));
+        let report = health.report();
+        assert!(report.live && !report.ready && report.last_poll.is_none(), "not started: {report:?}");
+        observed.start();
+        observed.joined.store(true, std::sync::atomic::Ordering::Relaxed);
+        let partition = |offset: Option<i64>| PartitionView {
+            topic: Arc::from("orders"),
+            partition: 3,
+            epoch: 1,
+            paused: false,
+            in_flight: 2,
+            oldest: offset.map(|offset| Oldest { offset, timestamp: None, since: Instant::now() }),
+            position: None,
+        };
+        observed.publish(Snapshot { partitions: vec![partition(Some(41))], counts: Default::default() });
+        let report = health.report();
+        assert!(report.ready && report.live && report.stalled.is_empty(), "{report:?}");
+        std::thread::sleep(Duration::from_millis(60));
+        observed.polled(Instant::now(), Duration::from_secs(1));
+        let report = health.report();
+        assert!(report.ready && !report.live, "{report:?}");
+        assert_eq!(
+            (report.stalled[0].topic.as_str(), report.stalled[0].partition, report.stalled[0].offset),
+            ("orders", 3, 41)
+        );
+        observed.publish(Snapshot { partitions: vec![partition(None)], counts: Default::default() });
+        assert!(health.report().live, "nothing pending: not stalled");
+        observed.stop();
+        let report = health.report();
+        assert!(!report.live && !report.ready && report.assigned == 0, "stopped: {report:?}");
+    }
+}

@@ -227,3 +227,48 @@ impl Observed {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(oldest: Option<(i64, Instant)>, position: Option<i64>) -> PartitionView {
+        PartitionView {
+            topic: Arc::from("t"),
+            partition: 0,
+            epoch: 1,
+            paused: false,
+            in_flight: usize::from(oldest.is_some()),
+            oldest: oldest.map(|(offset, since)| Oldest { offset, timestamp: None, since }),
+            position,
+        }
+    }
+
+    #[test]
+    fn lag_is_the_end_minus_the_committed_offset_else_the_position() {
+        let o = Observed::new(Arc::from("g"), Duration::from_secs(60));
+        let p = view(None, Some(10));
+        assert_eq!(o.lag(&p), None, "the end is not known yet");
+        o.high(Arc::from("t"), 0, 100);
+        assert_eq!(o.lag(&p), Some(90), "no commit seen: from where the consumer stands");
+        o.high(Arc::from("t"), 0, 50);
+        assert_eq!(o.lag(&p), Some(90), "an older answer does not move the end back");
+        o.committed([(Arc::from("t"), 0, 60)]);
+        assert_eq!(o.lag(&p), Some(40));
+        o.committed([(Arc::from("t"), 0, 120)]);
+        assert_eq!(o.lag(&p), Some(0), "never negative");
+    }
+
+    #[test]
+    fn the_oldest_record_keeps_the_time_it_was_first_seen() {
+        let o = Observed::new(Arc::from("g"), Duration::from_secs(60));
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(5);
+        let since = |o: &Observed| o.snapshot().partitions[0].oldest.unwrap().since;
+        o.publish(Snapshot { partitions: vec![view(Some((7, t0)), None)], counts: Counts::default() });
+        o.publish(Snapshot { partitions: vec![view(Some((7, t1)), None)], counts: Counts::default() });
+        assert_eq!(since(&o), t0, "still the same record");
+        o.publish(Snapshot { partitions: vec![view(Some((8, t1)), None)], counts: Counts::default() });
+        assert_eq!(since(&o), t1, "a new oldest record");
+    }
+}

@@ -92,6 +92,7 @@ mod tests {
         assert!(t.finished(11));
         assert!(t.finished(14));
         assert_eq!(t.take_moved(), None, "10 is still running");
+        assert_eq!(t.oldest_unfinished(), Some((10, None)));
         assert!(t.finished(10));
         assert_eq!(t.take_moved(), Some(12));
         assert_eq!(t.take_moved(), None);

@@ -220,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
         v[v.len() / 2]
     };
     let b = median(&mut base);
-    let [o, m, t, i] = runtimes.each_mut().map(|runs| median(runs));
+    let [o, m, t, i] = runtimes.each_mut().map(median);
 
     let probe =
         std::process::Command::new(exe).args(["--rss-probe", &topic, "--events", &args.events.to_string()]).output()?;
