@@ -63,14 +63,22 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     fn execute<'c>(conn: &'c mut Self::Connection, sql: &'static str) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 
-    /// Inserts the dedup row; `false` if it was there.
+    /// Inserts the dedup rows of distinct `(group, event id)` pairs, in
+    /// order; for each, `false` if it was there.
     #[doc(hidden)]
     fn insert_processed<'c>(
         conn: &'c mut Self::Connection,
+        events: &'c [(&'c str, &'c str)],
+        consumer: &'c str,
+    ) -> BoxFuture<'c, Result<Vec<bool>, sqlx::Error>>;
+
+    /// Deletes the dedup row of an event whose handler failed.
+    #[doc(hidden)]
+    fn delete_processed<'c>(
+        conn: &'c mut Self::Connection,
         group: &'c str,
         event_id: &'c str,
-        consumer: &'c str,
-    ) -> BoxFuture<'c, Result<bool, sqlx::Error>>;
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 }
 
 mod sealed {
@@ -268,38 +276,50 @@ type Counter = fn(&DedupCounters) -> &std::sync::atomic::AtomicU64;
 
 /// Runs the jobs in one transaction, collecting each outcome; any database
 /// error aborts the whole transaction.
+///
+/// The dedup rows of all jobs go in first, in one statement; then each new
+/// event runs its handler after a savepoint, which is released and taken
+/// again in one round trip, so that an event costs the handler's statements
+/// and one more. A failed event's writes roll back to the savepoint and its
+/// dedup row is deleted.
 async fn transaction<DB: Backend, H: TxHandler<DB>>(
     shared: &Shared<DB, H>,
-    jobs: &mut impl Iterator<Item = Job>,
+    jobs: &mut std::vec::IntoIter<Job>,
     outcomes: &mut Vec<Outcome>,
 ) -> Result<(), sqlx::Error> {
     let mut conn = shared.pool.acquire().await?;
     DB::execute(&mut conn, DB::BEGIN).await?;
     let result = async {
-        for job in jobs.by_ref() {
-            DB::execute(&mut conn, "SAVEPOINT kh_event").await?;
-            if !DB::insert_processed(&mut conn, &job.group, &job.event_id, &shared.consumer).await? {
-                DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event").await?;
+        let events: Vec<(&str, &str)> = jobs.as_slice().iter().map(|j| (&*j.group, &*j.event_id)).collect();
+        let fresh = DB::insert_processed(&mut conn, &events, &shared.consumer).await?;
+        drop(events);
+        let mut savepoint = false;
+        for (job, fresh) in jobs.by_ref().zip(fresh) {
+            if !fresh {
                 outcomes.push((job.reply, Ok(()), Some(|c| &c.hits)));
                 continue;
             }
+            if !savepoint {
+                DB::execute(&mut conn, "SAVEPOINT kh_event").await?;
+                savepoint = true;
+            }
             let mut record = job.record;
-            record.extensions_mut().insert(EventId(job.event_id));
+            record.extensions_mut().insert(EventId(job.event_id.clone()));
             let handled = AssertUnwindSafe(shared.handler.handle(&mut conn, record)).catch_unwind().await;
-            let mut counter: Option<Counter> = None;
             let outcome = match handled {
-                Ok(Ok(())) => {
-                    DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event").await?;
-                    counter = Some(|c| &c.claimed);
-                    Ok(())
+                Ok(outcome) => outcome,
+                Err(panic) => Err(HandlerError::from_panic(panic)),
+            };
+            let counter: Option<Counter> = match outcome {
+                Ok(()) => {
+                    DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event; SAVEPOINT kh_event").await?;
+                    Some(|c| &c.claimed)
                 }
-                Ok(Err(error)) => {
-                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event").await?;
-                    Err(error)
-                }
-                Err(panic) => {
-                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event").await?;
-                    Err(HandlerError::from_panic(panic))
+                Err(_) => {
+                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event; RELEASE SAVEPOINT kh_event").await?;
+                    savepoint = false;
+                    DB::delete_processed(&mut conn, &job.group, &job.event_id).await?;
+                    None
                 }
             };
             outcomes.push((job.reply, outcome, counter));

@@ -19,21 +19,41 @@ impl Backend for Sqlite {
 
     fn insert_processed<'c>(
         conn: &'c mut SqliteConnection,
+        events: &'c [(&'c str, &'c str)],
+        consumer: &'c str,
+    ) -> BoxFuture<'c, Result<Vec<bool>, sqlx::Error>> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        async move {
+            // In-process: one statement per row costs no round trip.
+            let mut fresh = Vec::with_capacity(events.len());
+            for (group, event_id) in events {
+                let done = sqlx::query(
+                    "INSERT INTO processed_events (consumer_group, event_id, consumer_name, processed_at) \
+                     VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(*group)
+                .bind(*event_id)
+                .bind(consumer)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                fresh.push(done.rows_affected() == 1);
+            }
+            Ok(fresh)
+        }
+        .boxed()
+    }
+
+    fn delete_processed<'c>(
+        conn: &'c mut SqliteConnection,
         group: &'c str,
         event_id: &'c str,
-        consumer: &'c str,
-    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        sqlx::query(
-            "INSERT INTO processed_events (consumer_group, event_id, consumer_name, processed_at) \
-             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(group)
-        .bind(event_id)
-        .bind(consumer)
-        .bind(now)
-        .execute(conn)
-        .map(|r| r.map(|done| done.rows_affected() == 1))
-        .boxed()
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        sqlx::query("DELETE FROM processed_events WHERE consumer_group = ? AND event_id = ?")
+            .bind(group)
+            .bind(event_id)
+            .execute(conn)
+            .map(|r| r.map(drop))
+            .boxed()
     }
 }
