@@ -187,7 +187,9 @@ impl Connection {
             Self::Standalone(manager) => {
                 let mut pipe = redis::pipe();
                 if let Some(script) = script {
-                    pipe.load_script(script).ignore();
+                    // In one transaction, so that nothing can flush the
+                    // script between its load and its use.
+                    pipe.atomic().load_script(script).ignore();
                 }
                 for command in commands {
                     pipe.add_command(command);
