@@ -90,15 +90,10 @@ impl Settings {
         all.extend(t.dead_letters());
         for job in JOBS.iter().filter(|j| **j != "dlt-monitor") {
             let group = self.group(job);
-            // As the consumer subscribes: retry topics of each source, then a
-            // re-drive topic for each of those.
-            let mut subscribed = self.sources(job);
             for source in self.sources(job) {
-                subscribed
-                    .extend((1..=self.retry_delays_ms.len()).map(|level| format!("{source}.{group}.retry.{level}")));
+                all.extend((1..=self.retry_delays_ms.len()).map(|level| format!("{source}.{group}.retry.{level}")));
+                all.push(format!("{source}.{group}.redrive"));
             }
-            all.extend(subscribed.iter().filter(|t| t.contains(".retry.")).cloned());
-            all.extend(subscribed.iter().map(|t| format!("{t}.{group}.redrive")));
         }
         all
     }
