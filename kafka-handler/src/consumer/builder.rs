@@ -364,12 +364,12 @@ impl ConsumerBuilder {
         let sources = self.topics.clone();
         #[cfg_attr(not(any(feature = "retry-topic", feature = "dead-letter")), allow(unused_variables))]
         for derived in &self.derived_topics {
-            for source in sources.iter().cloned() {
+            for source in &sources {
                 match *derived {
                     #[cfg(feature = "retry-topic")]
                     DerivedTopics::Retry(levels) => {
                         for level in 1..=levels {
-                            let topic = crate::middleware::retry_topic::retry_topic(&source, &group_id, level);
+                            let topic = crate::middleware::retry_topic::retry_topic(source, &group_id, level);
                             self.topics.push(topic.clone());
                             to_create.push((topic, source.clone()));
                         }
@@ -377,7 +377,7 @@ impl ConsumerBuilder {
                     #[cfg(feature = "dead-letter")]
                     DerivedTopics::DeadLetter => {
                         to_create.push((format!("{source}.dlt"), source.clone()));
-                        let redrive = crate::middleware::dead_letter::redrive_topic(&source, &group_id);
+                        let redrive = crate::middleware::dead_letter::redrive_topic(source, &group_id);
                         self.topics.push(redrive.clone());
                         to_create.push((redrive, source.clone()));
                     }
