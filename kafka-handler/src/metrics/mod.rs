@@ -63,6 +63,7 @@ impl Meters {
 
     /// A record of `topic` was written to its dead-letter topic, for `kind`.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    #[cfg_attr(not(feature = "dead-letter"), allow(dead_code))]
     pub(crate) fn dead_letter(&self, topic: &str, kind: &'static str) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.inner {
