@@ -5,9 +5,18 @@
 //! the SDK's `TraceContextPropagator`, which writes `traceparent` and
 //! `tracestate`). Until one is set nothing is written or read.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
+
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry::{Context, global};
+use opentelemetry::{Context, ContextGuard, global};
+use rustc_hash::FxHashMap;
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record as Values};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Level, Metadata, Span, Subscriber};
 
 use crate::record::Header;
 
@@ -25,6 +34,114 @@ pub(crate) fn inject_current(headers: &mut Vec<Header>) {
         return;
     }
     global::get_text_map_propagator(|propagator| propagator.inject_context(&cx, &mut HeaderInjector(headers)));
+}
+
+/// A span that makes `cx` the current OpenTelemetry context while it is
+/// entered, and nothing else: no subscriber sees it, no field is recorded,
+/// nothing is exported.
+///
+/// It is what a record whose trace is not sampled runs in. Built for the
+/// runtime's `Span::enter` and `Instrument`, it keeps the record's trace
+/// context current across every poll of the handler, so what the handler
+/// publishes carries it and the spans it opens join it, unsampled, at the
+/// cost of a map entry instead of a span for the application's subscriber.
+pub(crate) fn scope(cx: Context) -> Span {
+    static SCOPES: LazyLock<Dispatch> = LazyLock::new(|| Dispatch::new(ContextScopes::default()));
+    PENDING.with(|pending| *pending.borrow_mut() = Some(cx));
+    tracing::dispatcher::with_default(&SCOPES, || tracing::span!(target: SCOPE_TARGET, Level::ERROR, "trace_context"))
+}
+
+/// The target of [`scope`]'s spans; the only one [`ContextScopes`] takes.
+const SCOPE_TARGET: &str = "kafka_handler::trace_context";
+
+thread_local! {
+    /// The context of the scope being opened on this thread.
+    static PENDING: RefCell<Option<Context>> = const { RefCell::new(None) };
+    /// The scopes entered on this thread, innermost last.
+    static ENTERED: RefCell<Vec<(u64, ContextGuard)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The subscriber behind [`scope`]: each span holds a context, attached
+/// while the span is entered.
+#[derive(Debug, Default)]
+struct ContextScopes {
+    last: AtomicU64,
+    /// Each open scope's context and how many handles it has.
+    open: Mutex<FxHashMap<u64, (Context, usize)>>,
+}
+
+impl ContextScopes {
+    fn with_open<T>(&self, f: impl FnOnce(&mut FxHashMap<u64, (Context, usize)>) -> T) -> T {
+        f(&mut self.open.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Subscriber for ContextScopes {
+    // Never interested in any other callsite, so the application's disabled
+    // events and spans stay disabled at no cost.
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if metadata.target() == SCOPE_TARGET { Interest::always() } else { Interest::never() }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target() == SCOPE_TARGET
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::ERROR)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        let cx = PENDING.with(|pending| pending.borrow_mut().take()).unwrap_or_default();
+        let id = self.last.fetch_add(1, Ordering::Relaxed) + 1;
+        self.with_open(|open| open.insert(id, (cx, 1)));
+        Id::from_u64(id)
+    }
+
+    fn record(&self, _: &Id, _: &Values<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, _: &Event<'_>) {}
+
+    fn enter(&self, span: &Id) {
+        let id = span.into_u64();
+        let Some(cx) = self.with_open(|open| open.get(&id).map(|(cx, _)| cx.clone())) else {
+            return;
+        };
+        let guard = cx.attach();
+        ENTERED.with(|entered| entered.borrow_mut().push((id, guard)));
+    }
+
+    fn exit(&self, span: &Id) {
+        let id = span.into_u64();
+        let guard = ENTERED.with(|entered| {
+            let mut entered = entered.borrow_mut();
+            let at = entered.iter().rposition(|(entered, _)| *entered == id)?;
+            Some(entered.remove(at))
+        });
+        drop(guard);
+    }
+
+    fn clone_span(&self, span: &Id) -> Id {
+        self.with_open(|open| {
+            if let Some((_, handles)) = open.get_mut(&span.into_u64()) {
+                *handles += 1;
+            }
+        });
+        span.clone()
+    }
+
+    fn try_close(&self, span: Id) -> bool {
+        let closed = self.with_open(|open| {
+            let id = span.into_u64();
+            let (_, handles) = open.get_mut(&id)?;
+            *handles -= 1;
+            if *handles == 0 { open.remove(&id) } else { None }
+        });
+        // The context is dropped outside the lock: its spans may end there.
+        closed.is_some()
+    }
 }
 
 struct HeaderExtractor<'a>(&'a [Header]);

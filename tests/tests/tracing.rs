@@ -7,9 +7,12 @@
 //! that handled it, and the trace goes on through retry topics and into the
 //! dead letter: the span of a retry is the child of the attempt that sent it
 //! to the retry topic, and the dead letter carries the context of the attempt
-//! that gave up. Retries in place stay inside the record's one span.
+//! that gave up. Retries in place stay inside the record's one span. A trace
+//! the producer did not sample gets no span, yet its context goes on into
+//! what the handler publishes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ use kafka_handler::dedup::EventId;
 use kafka_handler::extract::Attempt;
 use kafka_handler::middleware::RetryTopicLayer;
 use kafka_handler::mock::MockCluster;
-use kafka_handler::{Consumer, HandlerError, Outgoing, Producer};
+use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
 use kafka_handler_tests::events::TestEvent;
 use kafka_handler_tests::{bootstrap, create_topic, random_name, read_records, run_until};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt, TraceId, TracerProvider as _};
@@ -234,4 +237,50 @@ async fn a_record_span_covers_retries_in_place_on_the_mock_cluster() {
     let retries = flaky.events.iter().filter(|e| e.name == "handler failed; retrying in place").count();
     assert_eq!(retries, 2, "the retries in place are events of the record's one span");
     assert_eq!(calls.lock().unwrap()[&ids[2]], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_trace_gets_no_span_but_reaches_what_the_handler_publishes() {
+    exporter();
+    let cluster = MockCluster::start(1).unwrap();
+    let (topic, out) = (random_name("orders"), random_name("stock"));
+    cluster.create_topic(&topic, 1).unwrap();
+    cluster.create_topic(&out, 1).unwrap();
+    let producer = Producer::builder().bootstrap_servers(cluster.bootstrap_servers()).build().unwrap();
+    // What a producer that did not sample this trace writes: flags 00.
+    let (trace, parent) = (TraceId::from_hex(&"5".repeat(32)).unwrap(), SpanId::from_hex(&"6".repeat(16)).unwrap());
+    let unsampled = format!("00-{trace}-{parent}-00");
+    let id = random_name("unsampled");
+    let event = TestEvent { event_id: id.clone(), key: id.clone(), seq: 0 };
+    let record = Outgoing::json(&topic, &event).unwrap().key(id.clone()).header("traceparent", unsampled.clone());
+    producer.send(record).await.unwrap();
+
+    let seen: Arc<Mutex<Option<TraceId>>> = Arc::default();
+    let published = Arc::new(AtomicBool::new(false));
+    let (s, p, to, reserved) = (seen.clone(), published.clone(), out.clone(), producer.clone());
+    let handler = move |_: Record| {
+        let (s, p, to, reserved) = (s.clone(), p.clone(), to.clone(), reserved.clone());
+        async move {
+            *s.lock().unwrap() = Some(Context::current().span().span_context().trace_id());
+            reserved.send(Outgoing::new(to, "reserved")).await.map_err(HandlerError::retryable)?;
+            p.store(true, Ordering::SeqCst);
+            Ok::<_, HandlerError>(())
+        }
+    };
+    let group = random_name("inventory");
+    let consumer = Consumer::builder()
+        .bootstrap_servers(cluster.bootstrap_servers())
+        .group_id(&group)
+        .topic(&topic)
+        .handler(handler)
+        .build()
+        .unwrap();
+    run_until(consumer, Duration::from_secs(60), move || published.load(Ordering::SeqCst)).await;
+
+    assert_eq!(*seen.lock().unwrap(), Some(trace), "the handler ran in the incoming trace");
+    assert!(record_spans(&group, &id).is_empty(), "a span was exported for an unsampled trace");
+    assert!(spans().iter().all(|s| s.span_context.trace_id() != trace), "a span of the unsampled trace was exported");
+    let stock = read_records(&cluster.bootstrap_servers(), &out, 1).await;
+    let header = String::from_utf8_lossy(stock[0].header("traceparent").expect("traceparent")).into_owned();
+    assert_eq!(header, unsampled, "what the handler published carries the unsampled context");
 }

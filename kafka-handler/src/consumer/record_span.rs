@@ -10,7 +10,13 @@
 //! record, more than the rest of the runtime at full speed, and a service
 //! that logs at `INFO` should not pay that unasked. Whoever exports traces
 //! turns it on for this target.
+//!
+//! With the `trace-context` feature, a record whose trace the producer did
+//! not sample gets no span: only its context, made current while the
+//! handler runs, so that the trace is carried on (unsampled) and a sampled
+//! fraction of the traffic costs a sampled fraction of the spans.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use tracing::field::{Empty, display};
@@ -44,10 +50,31 @@ fn open_span(record: &Record) -> Option<Span> {
     // The span takes as parent the OpenTelemetry context current when it is
     // made (no tracing span is current on the runtime's threads and tasks).
     #[cfg(feature = "trace-context")]
-    let _parent = crate::trace_context::extract(record.headers()).attach();
-    let key = record.key().map(|key| display(String::from_utf8_lossy(key)));
+    let _parent = {
+        use opentelemetry::trace::TraceContextExt as _;
+        let cx = crate::trace_context::extract(record.headers());
+        let unsampled = {
+            let incoming = cx.span();
+            incoming.span_context().is_valid() && !incoming.span_context().is_sampled()
+        };
+        // The trace was not sampled upstream: no span to record, only its
+        // context to carry on into what the handler publishes.
+        if unsampled {
+            return Some(crate::trace_context::scope(cx));
+        }
+        cx.attach()
+    };
+    Some(recorded(record))
+}
+
+/// The span itself, its fields given as `&str` and integers where they can
+/// be, which an OpenTelemetry layer turns into attributes without
+/// formatting them.
+fn recorded(record: &Record) -> Span {
+    let key =
+        record.key().map(|key| std::str::from_utf8(key).map_or_else(|_| String::from_utf8_lossy(key), Cow::Borrowed));
     let event_id = record.lookup::<EventIdOf>().and_then(|source| source.0.event_id(record).ok());
-    Some(tracing::debug_span!(
+    tracing::debug_span!(
         target: TARGET,
         "kafka_handler.record",
         otel.name = %Process(record.topic()),
@@ -60,13 +87,13 @@ fn open_span(record: &Record) -> Option<Span> {
         messaging.destination.name = record.topic(),
         messaging.destination.partition.id = %record.partition(),
         messaging.kafka.offset = record.offset(),
-        messaging.kafka.message.key = key,
+        messaging.kafka.message.key = key.as_deref(),
         messaging.message.id = event_id.as_deref(),
         kafka_handler.attempt = attempt(record),
         kafka_handler.outcome = Empty,
         kafka_handler.forwarded_to = Empty,
         error.type = Empty,
-    ))
+    )
 }
 
 /// Records how the handling ended: `ok`, `failed` (permanently, committed

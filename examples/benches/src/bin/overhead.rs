@@ -1,10 +1,15 @@
 //! Events/s of the runtime with a no-op handler against a hand-written
 //! rdkafka at-least-once loop (store each offset after processing, commits
 //! batched by librdkafka), on the same broker and topic, alternating runs.
-//! The runtime runs four times a round, each run in a process of its own
+//! The runtime runs several times a round, each run in a process of its own
 //! (subscriber and meter provider are global): plain, with metrics, with
-//! tracing (record spans), with both, exporting to an in-memory metric
-//! exporter and a span exporter that drops what it gets.
+//! tracing (record spans) and with both, exporting to an in-memory metric
+//! exporter and a span exporter that drops what it gets. Tracing runs twice
+//! over: every record sampled (`AlwaysOn`, records without trace context),
+//! and head sampling at 1 % (`ParentBased(TraceIdRatioBased(0.01))`) on a
+//! second topic whose records carry the `traceparent` a producer sampling
+//! 1 % writes, with a plain run on that topic to compare with; and the 1 %
+//! sampler on records without trace context, where each record is a root.
 //! Then the peak RSS of a process draining the whole backlog with the runtime.
 //!
 //! `scripts/bench overhead [--events N] [--rounds R]`
@@ -19,9 +24,11 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
@@ -40,18 +47,55 @@ enum Instrumentation {
     Metrics,
     Tracing,
     Both,
+    /// Tracing with head sampling at 1 %, parent-based.
+    TracingSampled,
+    /// Metrics, and tracing with head sampling at 1 %, parent-based.
+    BothSampled,
 }
 
 impl Instrumentation {
+    const ALL: [Instrumentation; 6] = [
+        Instrumentation::None,
+        Instrumentation::Metrics,
+        Instrumentation::Tracing,
+        Instrumentation::Both,
+        Instrumentation::TracingSampled,
+        Instrumentation::BothSampled,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Instrumentation::None => "none",
             Instrumentation::Metrics => "metrics",
             Instrumentation::Tracing => "tracing",
             Instrumentation::Both => "both",
+            Instrumentation::TracingSampled => "tracing-1pct",
+            Instrumentation::BothSampled => "both-1pct",
+        }
+    }
+
+    fn metrics(self) -> bool {
+        matches!(self, Instrumentation::Metrics | Instrumentation::Both | Instrumentation::BothSampled)
+    }
+
+    fn tracing(self) -> bool {
+        !matches!(self, Instrumentation::None | Instrumentation::Metrics)
+    }
+
+    /// The sampler of the application's tracer provider.
+    fn sampler(self) -> Sampler {
+        match self {
+            Instrumentation::TracingSampled | Instrumentation::BothSampled => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(SAMPLED)))
+            }
+            _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         }
     }
 }
+
+/// The head-sampling ratio of the sampled rows, and of the producer that
+/// wrote the traced topic.
+const SAMPLED: f64 = 0.01;
 
 fn args() -> Args {
     let mut a =
@@ -64,12 +108,8 @@ fn args() -> Args {
             "--rss-probe" => a.rss_probe = it.next(),
             "--instrumented-probe" => a.instrumented_probe = it.next(),
             "--with" => {
-                a.with = match it.next().as_deref() {
-                    Some("none") => Instrumentation::None,
-                    Some("metrics") => Instrumentation::Metrics,
-                    Some("tracing") => Instrumentation::Tracing,
-                    _ => Instrumentation::Both,
-                }
+                let name = it.next().expect("--with NAME");
+                a.with = *Instrumentation::ALL.iter().find(|i| i.name() == name).expect("--with: unknown name");
             }
             other => panic!("unknown argument {other}"),
         }
@@ -145,8 +185,8 @@ impl SpanExporter for DropSpans {
 }
 
 /// Metrics to an in-memory exporter every second, record spans (and the W3C
-/// propagator) through the OpenTelemetry layer to [`DropSpans`], as `with`
-/// says; errors logged.
+/// propagator) through the OpenTelemetry layer to [`DropSpans`] with the
+/// sampler `with` says, as `with` says; errors logged.
 fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
     let meters = SdkMeterProvider::builder()
         .with_reader(
@@ -154,11 +194,8 @@ fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
         )
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let tracer = SdkTracerProvider::builder().with_batch_exporter(DropSpans).build();
-    let level = match with {
-        Instrumentation::None | Instrumentation::Metrics => LevelFilter::OFF,
-        Instrumentation::Tracing | Instrumentation::Both => LevelFilter::DEBUG,
-    };
+    let tracer = SdkTracerProvider::builder().with_sampler(with.sampler()).with_batch_exporter(DropSpans).build();
+    let level = if with.tracing() { LevelFilter::DEBUG } else { LevelFilter::OFF };
     let spans = Targets::new().with_target("kafka_handler::record", level);
     tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(tracer.tracer("overhead")).with_filter(spans))
@@ -167,15 +204,52 @@ fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
     (meters, tracer)
 }
 
+/// Loads `count` events like [`load`]'s, each with the `traceparent` of a
+/// producer that samples [`SAMPLED`] of its traces: a fresh trace per event,
+/// the sampled flag on one in 100.
+fn load_traced(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
+        .create()?;
+    let pad = "x".repeat(40);
+    let every = (1.0 / SAMPLED) as u64;
+    for i in 0..count {
+        let key = format!("k{}", i % 10_000);
+        let payload = format!(r#"{{"eventId":"{i:016}","key":"{key}","seq":{},"p":"{pad}"}}"#, i / 10_000);
+        let ids = uuid::Uuid::new_v4().as_u128();
+        let flags = if i % every == 0 { "01" } else { "00" };
+        let traceparent = format!("00-{:032x}-{:016x}-{flags}", ids, (ids as u64) | 1);
+        let headers = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) });
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
     let bootstrap = bootstrap();
     if let Some(topic) = args.instrumented_probe {
         let (meters, tracer) = instrument(args.with);
-        let metered = matches!(args.with, Instrumentation::Metrics | Instrumentation::Both).then_some(&meters);
+        let metered = args.with.metrics().then_some(&meters);
+        let cpu = cpu_seconds();
         let eps = runtime(&bootstrap, &topic, args.events, metered).await?;
-        println!("{eps:.0}");
+        let cpu_us = (cpu_seconds() - cpu) * 1e6 / args.events as f64;
+        println!("{eps:.0} {cpu_us:.2}");
         meters.shutdown()?;
         tracer.shutdown()?;
         return Ok(());
@@ -196,51 +270,98 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     load(&bootstrap, &topic, args.events, 10_000, 100)?;
     println!("loaded {} events of ~100 B into 12 partitions of {topic} in {:.1?}", args.events, t.elapsed());
+    let traced = fresh("overhead-traced");
+    create_topic(&bootstrap, &traced, 12).await?;
+    let t = Instant::now();
+    load_traced(&bootstrap, &traced, args.events)?;
+    println!("loaded the same with a traceparent each (1 % sampled) into {traced} in {:.1?}", t.elapsed());
 
     let exe = std::env::current_exe()?;
     let mut base = Vec::new();
     // The runtime's runs each in a process of their own, alike but for what
-    // they turn on: subscriber and meter provider are global.
-    let mut runtimes = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    let kinds = [Instrumentation::None, Instrumentation::Metrics, Instrumentation::Tracing, Instrumentation::Both];
+    // they turn on and the topic they read: subscriber and meter provider
+    // are global.
+    let rows: [(&str, &str, Instrumentation); 9] = [
+        ("kafka-handler, no-op handler", &topic, Instrumentation::None),
+        ("kafka-handler, metrics", &topic, Instrumentation::Metrics),
+        ("kafka-handler, tracing, every record sampled", &topic, Instrumentation::Tracing),
+        ("kafka-handler, metrics + tracing, every record sampled", &topic, Instrumentation::Both),
+        ("kafka-handler, no-op handler, traced topic", &traced, Instrumentation::None),
+        ("kafka-handler, tracing, 1 % sampled, traced topic", &traced, Instrumentation::TracingSampled),
+        ("kafka-handler, metrics + tracing, 1 % sampled, traced topic", &traced, Instrumentation::BothSampled),
+        ("kafka-handler, tracing, 1 % sampler, no trace context (roots)", &topic, Instrumentation::TracingSampled),
+        ("kafka-handler, metrics + tracing, 1 % sampler, no trace context", &topic, Instrumentation::BothSampled),
+    ];
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rows.len()];
     for _ in 0..args.rounds {
         let (b, t) = (bootstrap.clone(), topic.clone());
         base.push(tokio::task::spawn_blocking(move || baseline(&b, &t, args.events)).await??);
-        for (runs, with) in runtimes.iter_mut().zip(kinds) {
+        for (runs, (_, topic, with)) in runs.iter_mut().zip(&rows) {
             let probe = std::process::Command::new(&exe)
-                .args(["--instrumented-probe", &topic, "--events", &args.events.to_string(), "--with", with.name()])
+                .args(["--instrumented-probe", topic, "--events", &args.events.to_string(), "--with", with.name()])
                 .output()?;
             let stderr = String::from_utf8_lossy(&probe.stderr);
             anyhow::ensure!(probe.status.success(), "instrumented run ({}) failed: {stderr}", with.name());
-            runs.push(String::from_utf8_lossy(&probe.stdout).trim().parse::<f64>()?);
+            let stdout = String::from_utf8_lossy(&probe.stdout);
+            let mut fields = stdout.split_whitespace().map(str::parse::<f64>);
+            let (Some(Ok(eps)), Some(Ok(cpu))) = (fields.next(), fields.next()) else {
+                anyhow::bail!("instrumented run ({}) printed {stdout:?}", with.name());
+            };
+            runs.push((eps, cpu));
         }
     }
-    let median = |v: &mut Vec<f64>| {
+    let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let b = median(&mut base);
-    let [o, m, t, i] = runtimes.each_mut().map(median);
+    let b = median(base.clone());
+    let eps: Vec<f64> = runs.iter().map(|r| median(r.iter().map(|x| x.0).collect())).collect();
+    let cpu: Vec<f64> = runs.iter().map(|r| median(r.iter().map(|x| x.1).collect())).collect();
 
     let probe =
         std::process::Command::new(exe).args(["--rss-probe", &topic, "--events", &args.events.to_string()]).output()?;
     let rss: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(f64::NAN);
 
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-    table(
-        &["consumer", "events/s (median)", "runs"],
-        &[
-            vec!["hand-written rdkafka loop".into(), format!("{b:.0}"), fmt(&base)],
-            vec!["kafka-handler, no-op handler".into(), format!("{o:.0}"), fmt(&runtimes[0])],
-            vec!["kafka-handler, metrics".into(), format!("{m:.0}"), fmt(&runtimes[1])],
-            vec!["kafka-handler, tracing (record spans)".into(), format!("{t:.0}"), fmt(&runtimes[2])],
-            vec!["kafka-handler, metrics + tracing".into(), format!("{i:.0}"), fmt(&runtimes[3])],
-        ],
-    );
+    let mut table_rows = vec![vec!["hand-written rdkafka loop".into(), format!("{b:.0}"), "".into(), fmt(&base)]];
+    for (i, (name, _, _)) in rows.iter().enumerate() {
+        let these: Vec<f64> = runs[i].iter().map(|x| x.0).collect();
+        table_rows.push(vec![(*name).into(), format!("{:.0}", eps[i]), format!("{:.2}", cpu[i]), fmt(&these)]);
+    }
+    table(&["consumer", "events/s (median)", "CPU µs/event (median)", "runs"], &table_rows);
     println!("peak RSS draining a {}-event backlog with the runtime: {rss:.1} MiB", args.events);
-    println!("RESULT overhead_ratio {:.3}", o / b);
-    println!("metrics only: {:.3} of the runtime's throughput; tracing only: {:.3}", m / o, t / o);
-    println!("RESULT metrics_overhead_ratio {:.3}", i / o);
+    println!("RESULT overhead_ratio {:.3}", eps[0] / b);
+    println!(
+        "every record sampled: metrics only {:.3}, tracing only {:.3}, metrics + tracing {:.3} of the runtime's throughput",
+        eps[1] / eps[0],
+        eps[2] / eps[0],
+        eps[3] / eps[0]
+    );
+    println!(
+        "1 % sampled (traced topic, against the plain run on it): tracing only {:.3}, metrics + tracing {:.3}",
+        eps[5] / eps[4],
+        eps[6] / eps[4]
+    );
+    println!(
+        "1 % sampler, records without trace context: tracing only {:.3}, metrics + tracing {:.3}",
+        eps[7] / eps[0],
+        eps[8] / eps[0]
+    );
+    // What a production service runs: traces sampled at the head (1 %),
+    // the consumers following the producer's decision.
+    println!("RESULT metrics_overhead_ratio {:.3}", eps[6] / eps[4]);
     println!("RESULT peak_rss_mb {rss:.1}");
     Ok(())
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th of them, in clock ticks (100 a second).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0
 }
