@@ -112,6 +112,8 @@ fn generate(args: &Args, func: ItemFn) -> TokenStream {
     // Spanned at the argument's type: a non-extractor fails there, once.
     let extract =
         arg_types.iter().map(|ty| quote_spanned!(ty.span()=> <#ty as #krate::extract::FromRecord>::from_record));
+    let reads_headers =
+        arg_types.iter().map(|ty| quote_spanned!(ty.span()=> <#ty as #krate::extract::FromRecord>::__READS_HEADERS));
     let record_mut = (!vars.is_empty()).then(|| quote!(mut));
     // Spanned at the return type: a non-outcome fails there, once.
     let into_outcome = match &sig.output {
@@ -150,6 +152,10 @@ fn generate(args: &Args, func: ItemFn) -> TokenStream {
 
             fn __call_boxed(self, record: #krate::Record) -> #krate::__private::BoxHandlerFuture {
                 #krate::Handler::<#tuple>::call(self, record)
+            }
+
+            fn __reads_headers(&self) -> bool {
+                false #(|| #reads_headers)*
             }
 
             fn __subscription(&self) -> ::core::option::Option<#krate::__private::Subscription> {

@@ -64,3 +64,16 @@ fn the_builder_takes_topics_and_group_from_the_attribute() {
     let plain = |Json(_): Json<OrderCreated>| async {};
     assert!(Consumer::builder().handler(plain).bootstrap_servers("x").build().is_err());
 }
+
+/// Reads one header.
+#[handler(topic = "order.created", group = "audit")]
+pub async fn audit(headers: kafka_handler::extract::Headers) {
+    let _ = headers;
+}
+
+#[test]
+fn the_struct_says_whether_its_arguments_read_headers() {
+    // The runtime copies headers out of librdkafka only when something reads them.
+    assert!(!reserve_stock.__reads_headers());
+    assert!(audit.__reads_headers());
+}

@@ -275,3 +275,41 @@ async fn several_groups_in_one_process_each_handle_everything() {
     );
     assert_eq!((a.load(AtomicOrdering::SeqCst), b.load(AtomicOrdering::SeqCst)), (300, 300));
 }
+
+/// Headers reach a handler that asks for them, whether or not other handlers
+/// of the process skip them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_reach_handlers_that_ask_for_them() {
+    use kafka_handler::extract::Headers;
+    let cluster = MockCluster::start(1).unwrap();
+    cluster.create_topic("h", 1).unwrap();
+    let producer = Producer::builder().bootstrap_servers(cluster.bootstrap_servers()).build().unwrap();
+    for i in 0..10 {
+        let ev = Event { key: "k".into(), seq: i };
+        producer.send(Outgoing::json("h", &ev).unwrap().key("k").header("trace", i.to_string())).await.unwrap();
+    }
+
+    let with = Arc::new(Mutex::new(Vec::new()));
+    let w = with.clone();
+    let reads = builder(&cluster, "h", "reads").handler(move |headers: Headers| {
+        w.lock().unwrap().push(headers.get("trace").map(<[u8]>::to_vec));
+        async {}
+    });
+    let without = Arc::new(AtomicUsize::new(0));
+    let n = without.clone();
+    let skips = builder(&cluster, "h", "skips").handler(move |_: Key| {
+        n.fetch_add(1, AtomicOrdering::Relaxed);
+        async {}
+    });
+    let (w, n) = (with.clone(), without.clone());
+    let both = async {
+        tokio::join!(
+            run_until(reads.build().unwrap(), move || w.lock().unwrap().len() >= 10),
+            run_until(skips.build().unwrap(), move || n.load(AtomicOrdering::Relaxed) >= 10),
+        )
+    };
+    both.await;
+    let expected: Vec<_> = (0..10).map(|i| Some(i.to_string().into_bytes())).collect();
+    assert_eq!(*with.lock().unwrap(), expected, "every header, in order");
+    assert_eq!(without.load(AtomicOrdering::Relaxed), 10);
+}

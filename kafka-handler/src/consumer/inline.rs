@@ -58,9 +58,12 @@ impl InlineStart {
         in_flight: &Arc<Semaphore>,
         record: Record,
     ) -> Result<Option<HandlerError>, Result<Started, Record>> {
-        let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
+        // A call that finishes on its first poll never holds an in-flight
+        // slot (taking and giving one back costs a lock); one that waits takes
+        // its slot then.
+        if in_flight.available_permits() == 0 {
             return Err(Err(record));
-        };
+        }
         let mut cx = Context::from_waker(Waker::noop());
         if !matches!(self.service.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
             return Err(Err(record));
@@ -76,7 +79,7 @@ impl InlineStart {
             self.observe(began.elapsed());
         }
         let attempt = match polled {
-            Ok(Poll::Pending) => Attempt::Running(call, permit, Instant::now()),
+            Ok(Poll::Pending) => Attempt::Running(call, Arc::clone(in_flight).try_acquire_owned().ok(), Instant::now()),
             Ok(Poll::Ready(Ok(()))) => return Ok(finished(&span, Ok(()))),
             Ok(Poll::Ready(Err(error))) if error.disposition() == Disposition::Permanent => {
                 return Ok(finished(&span, Err(error)));

@@ -104,8 +104,10 @@ pub(crate) struct Started {
 }
 
 pub(crate) enum Attempt {
-    /// Still running, holding its in-flight slot; waiting since the instant.
-    Running(BoxHandlerFuture, OwnedSemaphorePermit, Instant),
+    /// Still running, holding its in-flight slot (`None` if a lane took the
+    /// last slot after the first poll: the call then waits for one before it
+    /// goes on); waiting since the instant.
+    Running(BoxHandlerFuture, Option<OwnedSemaphorePermit>, Instant),
     /// Failed with a retryable error.
     Failed(HandlerError),
 }
@@ -140,9 +142,13 @@ async fn handle(
     let mut failed = match started {
         None => None,
         Some(Attempt::Running(call, permit, waiting_since)) => {
+            let waited = match permit {
+                Some(_) => None,
+                None => Some(in_flight.acquire().await.expect("the semaphore is never closed")),
+            };
             let result =
                 AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
-            drop(permit);
+            drop((permit, waited));
             meters.handler_call(waiting_since.elapsed(), &result);
             match result {
                 Ok(()) => return Ok(()),

@@ -33,6 +33,18 @@ impl OffsetTracker {
         self.pending.push_back(Pending { offset, timestamp, finished: false });
     }
 
+    /// Records that `offset` was handed to a handler and finished at once.
+    pub(crate) fn finished_at_once(&mut self, offset: i64, timestamp: Option<i64>) {
+        if self.pending.is_empty() {
+            debug_assert!(self.watermark.is_none_or(|w| w <= offset));
+            self.watermark = Some(offset + 1);
+            self.moved = true;
+        } else {
+            self.dispatched(offset, timestamp);
+            self.finished(offset);
+        }
+    }
+
     /// The last offset handed to a handler, if any is still tracked.
     pub(crate) fn last_dispatched(&self) -> Option<i64> {
         self.pending.back().map(|p| p.offset).or(self.watermark.map(|w| w - 1))

@@ -70,6 +70,15 @@ impl RecordService {
         }
     }
 
+    /// Whether the service may read records' headers: a handler whose
+    /// extractors all leave them alone does not, anything else may.
+    pub(crate) fn reads_headers(&self) -> bool {
+        match self {
+            RecordService::Handler(h) => h.reads_headers(),
+            RecordService::Tower(_) => true,
+        }
+    }
+
     /// Calls; only after `poll_ready` returned ready.
     pub(crate) fn call(&mut self, record: Record) -> BoxHandlerFuture {
         match self {
@@ -82,6 +91,7 @@ impl RecordService {
 pub(crate) trait ErasedHandler: Send + Sync {
     fn call(&self, record: Record) -> BoxHandlerFuture;
     fn clone_box(&self) -> Box<dyn ErasedHandler>;
+    fn reads_headers(&self) -> bool;
 }
 
 struct Erased<H, T>(H, PhantomData<fn() -> T>);
@@ -93,5 +103,9 @@ impl<H: Handler<T>, T: 'static> ErasedHandler for Erased<H, T> {
 
     fn clone_box(&self) -> Box<dyn ErasedHandler> {
         Box::new(Erased(self.0.clone(), PhantomData))
+    }
+
+    fn reads_headers(&self) -> bool {
+        self.0.__reads_headers()
     }
 }

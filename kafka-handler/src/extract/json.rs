@@ -27,6 +27,8 @@ use crate::{HandlerError, Record};
 pub struct Json<T>(pub T);
 
 impl<T: DeserializeOwned> FromRecord for Json<T> {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         let payload =
             record.payload().ok_or_else(|| HandlerError::permanent(DecodeError::new("the payload is null")))?;

@@ -19,6 +19,8 @@ pub struct Metadata {
 }
 
 impl FromRecord for Metadata {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         Ok(Metadata {
             topic: record.topic().to_owned(),
@@ -34,6 +36,8 @@ impl FromRecord for Metadata {
 pub struct Key(pub Option<Bytes>);
 
 impl FromRecord for Key {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         Ok(Key(record.key().map(Bytes::copy_from_slice)))
     }
@@ -44,6 +48,8 @@ impl FromRecord for Key {
 pub struct Payload(pub Option<Bytes>);
 
 impl FromRecord for Payload {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         Ok(Payload(record.payload().map(Bytes::copy_from_slice)))
     }
@@ -87,6 +93,8 @@ impl FromRecord for Headers {
 pub struct State<S>(pub S);
 
 impl<S: Clone + Send + Sync + 'static> FromRecord for State<S> {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         record.lookup::<S>().cloned().map(State).ok_or_else(|| {
             HandlerError::permanent(format!(
@@ -103,6 +111,8 @@ impl<S: Clone + Send + Sync + 'static> FromRecord for State<S> {
 pub struct Attempt(pub u32);
 
 impl FromRecord for Attempt {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         Ok(record.extensions().get::<Attempt>().copied().unwrap_or(Attempt(1)))
     }
@@ -113,6 +123,8 @@ impl FromRecord for Attempt {
 pub struct Group(pub std::sync::Arc<str>);
 
 impl FromRecord for Group {
+    const __READS_HEADERS: bool = false;
+
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         record.lookup::<Group>().cloned().ok_or_else(|| HandlerError::permanent("the record has no consumer group"))
     }

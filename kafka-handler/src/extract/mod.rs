@@ -39,6 +39,11 @@ pub trait FromRecord: Sized {
     /// Extracts the value. Extractors run in argument order; one may take a
     /// value out of the record's extensions.
     fn from_record(record: &mut Record) -> Result<Self, HandlerError>;
+
+    /// Whether the extractor may read the record's headers. The runtime copies
+    /// a record's headers out of librdkafka only when something may read them.
+    #[doc(hidden)]
+    const __READS_HEADERS: bool = true;
 }
 
 impl FromRecord for Record {
@@ -51,6 +56,8 @@ impl<T: FromRecord> FromRecord for Option<T> {
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
         Ok(T::from_record(record).ok())
     }
+
+    const __READS_HEADERS: bool = T::__READS_HEADERS;
 }
 
 /// A record's payload could not be decoded into the handler's type.

@@ -73,6 +73,12 @@ pub trait Handler<T>: Clone + Send + Sync + Sized + 'static {
     fn __subscription(&self) -> Option<crate::__private::Subscription> {
         None
     }
+
+    /// Whether the handler may read the record's headers.
+    #[doc(hidden)]
+    fn __reads_headers(&self) -> bool {
+        true
+    }
 }
 
 /// The future of a handler function.
@@ -103,6 +109,10 @@ macro_rules! impl_handler {
 
             fn __call_boxed(self, record: Record) -> BoxHandlerFuture {
                 self.call(record)
+            }
+
+            fn __reads_headers(&self) -> bool {
+                false $(|| $ty::__READS_HEADERS)*
             }
         }
     };
@@ -143,6 +153,18 @@ mod tests {
         let rec = Record::builder("t").offset(7).key("k").build();
         let err = block_on(h.call(rec)).unwrap_err();
         assert_eq!(err.disposition(), Disposition::Retryable);
+    }
+
+    #[test]
+    fn headers_are_read_only_by_extractors_that_need_them() {
+        use crate::extract::{Headers, State};
+        async fn meta_only(_: Metadata, _: Key, _: Payload, _: State<u8>) {}
+        async fn with_headers(_: Metadata, _: Option<Headers>) {}
+        async fn whole(_: Record) {}
+        assert!(!Handler::__reads_headers(&meta_only));
+        assert!(!Handler::__reads_headers(&|| async {}));
+        assert!(Handler::__reads_headers(&with_headers));
+        assert!(Handler::__reads_headers(&whole));
     }
 
     #[test]

@@ -136,6 +136,12 @@ pub(crate) struct Scheduler {
     runtime: tokio::runtime::Handle,
     shared: Arc<http::Extensions>,
     inline: InlineStart,
+    /// Whether anything may read records' headers: the service (any layer
+    /// may; a bare handler may if one of its extractors does), the record
+    /// span (for the trace context or an event id in a header). If not, they
+    /// are not copied: librdkafka parses them on first access, allocating
+    /// even for a record without headers.
+    reads_headers: bool,
     buffered: usize,
     max_buffered: usize,
     stopping: bool,
@@ -158,6 +164,12 @@ impl Scheduler {
             partitions: HashMap::default(),
             ordering: config.ordering,
             inline: InlineStart::new(config.lane.service.clone()),
+            reads_headers: config.lane.service.reads_headers()
+                || propagates_context()
+                || matches!(
+                    config.shared.get::<super::record_span::EventIdOf>(),
+                    Some(super::record_span::EventIdOf(crate::dedup::EventIdSource::Header(_)))
+                ),
             lane: config.lane,
             completions_tx,
             completions_rx,
@@ -225,14 +237,13 @@ impl Scheduler {
             // Fetched again after a pause or reassignment: already dispatched.
             return;
         }
-        let headers: Vec<Header> = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| Header { name: h.key.to_owned(), value: h.value.map(Bytes::copy_from_slice) })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers: Vec<Header> = match starter.reads_headers.then(|| msg.headers()).flatten() {
+            Some(hs) => hs
+                .iter()
+                .map(|h| Header { name: h.key.to_owned(), value: h.value.map(Bytes::copy_from_slice) })
+                .collect(),
+            None => Vec::new(),
+        };
         let record = Record::from_parts(
             Arc::clone(&state.topic),
             msg.partition(),
@@ -266,6 +277,7 @@ impl Scheduler {
             max_buffered: self.max_buffered,
             shared: &self.shared,
             ordering: self.ordering,
+            reads_headers: self.reads_headers,
         };
         (&mut self.partitions, starter)
     }
@@ -395,6 +407,15 @@ impl Scheduler {
     }
 }
 
+/// Whether a trace-context propagator is set, whose record spans take their
+/// parent from the headers.
+fn propagates_context() -> bool {
+    #[cfg(feature = "trace-context")]
+    return opentelemetry::global::get_text_map_propagator(|p| p.fields().next().is_some());
+    #[cfg(not(feature = "trace-context"))]
+    false
+}
+
 /// Starts records: on the polling thread when their lane is idle, else in
 /// their lane's task.
 struct Starter<'a> {
@@ -407,21 +428,18 @@ struct Starter<'a> {
     max_buffered: usize,
     shared: &'a Arc<http::Extensions>,
     ordering: Ordering,
+    reads_headers: bool,
 }
 
 impl Starter<'_> {
     fn start(&mut self, state: &mut PartitionState, record: Record, lane_key: LaneKey) {
-        let (partition, offset) = (record.partition(), record.offset());
-        state.tracker.dispatched(offset, record.timestamp());
-        state.outstanding += 1;
-        *self.buffered += 1;
-        if *self.buffered > self.max_buffered {
-            state.overfull = true;
-        }
+        let (partition, offset, timestamp) = (record.partition(), record.offset(), record.timestamp());
         if let Some(lane) = state.lanes.get_mut(&lane_key) {
             lane.queued += 1;
             // The lane task only stops when its sender is dropped, so this cannot fail.
             let _ = lane.tx.send(record);
+            // Its completion is applied on this thread, after this.
+            self.track(state, offset, timestamp);
             return;
         }
         // Nothing of this lane is in flight: start the record right here. A
@@ -429,9 +447,7 @@ impl Starter<'_> {
         let first = if self.inline.enabled {
             match self.inline.start(&self.lane.in_flight, record) {
                 Ok(failure) => {
-                    state.tracker.finished(offset);
-                    state.outstanding -= 1;
-                    *self.buffered -= 1;
+                    state.tracker.finished_at_once(offset, timestamp);
                     self.counts.record(&state.topic, partition, offset, failure);
                     return;
                 }
@@ -440,6 +456,7 @@ impl Starter<'_> {
         } else {
             Err(record)
         };
+        self.track(state, offset, timestamp);
         let (tx, rx) = tokio_mpsc::unbounded_channel();
         tracing::trace!(partition, offset, started = first.is_ok(), "new lane");
         let first = match first {
@@ -453,5 +470,15 @@ impl Starter<'_> {
         let retired = Arc::new(AtomicBool::new(false));
         self.runtime.spawn(run_lane(rx, self.lane.clone(), self.completions_tx.clone(), id, first, retired.clone()));
         state.lanes.insert(lane_key, Lane { tx, queued: 1, retired });
+    }
+
+    /// Counts a record handed to a lane as outstanding until it completes.
+    fn track(&mut self, state: &mut PartitionState, offset: i64, timestamp: Option<i64>) {
+        state.tracker.dispatched(offset, timestamp);
+        state.outstanding += 1;
+        *self.buffered += 1;
+        if *self.buffered > self.max_buffered {
+            state.overfull = true;
+        }
     }
 }
