@@ -10,39 +10,72 @@
 //!
 //! Needs Redis 7.0 or later (`SET .. NX GET`).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, try_join_all};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Script, ServerErrorKind};
 
 use super::{Claim, DedupStore, Lease, StoreError};
 
-/// The value of an event handled.
+/// The value of an event handled (also written into [`CLAIM`] and [`COMPLETE`]).
 const DONE: &[u8] = b"done";
 /// Before the owner in the value of a claim, so that no owner reads as [`DONE`].
-const OWNER: &str = "owner:";
+const OWNER: &[u8] = b"owner:";
 /// Connecting and each answer time out after this long: a call fails fast
 /// while Redis is away, and the dedup layer retries it with backoff.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Deletes the key if it still holds the claim of this owner.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+/// Claims every key of a batch (`ARGV[1]`: the lease in ms, `ARGV[i + 1]`:
+/// the claim's value for `KEYS[i]`); per key 0 acquired, 1 done, 2 in
+/// progress. A claim that finds its own value is acquired: a batch sent again
+/// after an error that came too late.
+const CLAIM: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+    local value = ARGV[i + 1]
+    local previous = redis.call('SET', key, value, 'NX', 'PX', ARGV[1], 'GET')
+    if not previous or previous == value then
+        out[i] = 0
+    elseif previous == 'done' then
+        out[i] = 1
+    else
+        out[i] = 2
+    end
 end
-return 0
+return out
+";
+
+/// Marks every key of a batch done for `ARGV[1]` ms.
+const COMPLETE: &str = r"
+for _, key in ipairs(KEYS) do
+    redis.call('SET', key, 'done', 'PX', ARGV[1])
+end
+return #KEYS
+";
+
+/// Deletes each key that still holds the claim `ARGV[i]`.
+const RELEASE: &str = r"
+local released = 0
+for i, key in ipairs(KEYS) do
+    if redis.call('GET', key) == ARGV[i] then
+        released = released + redis.call('DEL', key)
+    end
+end
+return released
 ";
 
 /// A [`DedupStore`] in Redis: a standalone server or a Redis Cluster.
 ///
-/// Every call sends its whole batch at once: as one pipeline to a standalone
-/// server; to a cluster, as one command per key, all in flight together, each
-/// routed to its key's node (the cluster client multiplexes them over one
-/// connection per node), so a batch costs about one round trip either way.
+/// Every call sends its whole batch at once: to a standalone server as one
+/// script call (`EVALSHA`) over all of its keys, so a batch costs one command
+/// and one reply; to a cluster, as one command per key, all in flight
+/// together, each routed to its key's node (the cluster client multiplexes
+/// them over one connection per node), so a batch costs about one round trip
+/// either way.
 ///
 /// ```no_run
 /// use kafka_handler::dedup::redis::RedisStore;
@@ -56,6 +89,8 @@ return 0
 pub struct RedisStore {
     connection: Connection,
     prefix: String,
+    claim: Script,
+    complete: Script,
     release: Script,
 }
 
@@ -95,7 +130,8 @@ impl RedisStore {
     /// while Redis is away; the connection is made again by itself once
     /// Redis is back.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::new)?;
+        let info = url.into_connection_info().map_err(StoreError::new)?.set_tcp_settings(tcp_settings());
+        let client = redis::Client::open(info).map_err(StoreError::new)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -121,6 +157,7 @@ impl RedisStore {
             .retries(3)
             .min_retry_wait(50)
             .max_retry_wait(1000)
+            .tcp_settings(tcp_settings())
             .build()
             .map_err(StoreError::new)?;
         let connection = client.get_async_connection().await.map_err(StoreError::new)?;
@@ -135,80 +172,169 @@ impl RedisStore {
     }
 
     fn with(connection: Connection) -> Self {
-        Self { connection, prefix: "kh:dedup:".to_owned(), release: Script::new(RELEASE) }
-    }
-
-    fn key(&self, lease: &Lease) -> String {
-        key(&self.prefix, &lease.group, &lease.event_id)
+        Self {
+            connection,
+            prefix: "kh:dedup:".to_owned(),
+            claim: Script::new(CLAIM),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+        }
     }
 
     async fn claim_all(&self, leases: &[Lease], ttl: Duration) -> RedisResult<Vec<Claim>> {
         let ttl = millis(ttl);
-        let commands = leases
-            .iter()
-            .map(|l| redis::cmd("SET").arg(self.key(l)).arg(value(l)).arg("NX").arg("PX").arg(ttl).arg("GET").take());
-        let previous: Vec<Option<Vec<u8>>> = self.connection.run(commands.collect(), None).await?;
-        Ok(leases
-            .iter()
-            .zip(previous)
-            .map(|(lease, previous)| match previous {
-                None => Claim::Acquired,
-                Some(v) if v == DONE => Claim::Done,
-                // Ours already: a batch sent again after an error that came too late.
-                Some(v) if v == value(lease).as_bytes() => Claim::Acquired,
-                Some(_) => Claim::InProgress,
-            })
-            .collect())
+        match &self.connection {
+            Connection::Standalone(manager) => {
+                let call = self.batch(&self.claim, leases, Some(ttl), true);
+                let codes: Vec<u8> = eval(manager, &call, &self.claim).await?;
+                codes
+                    .into_iter()
+                    .map(|code| match code {
+                        0 => Ok(Claim::Acquired),
+                        1 => Ok(Claim::Done),
+                        2 => Ok(Claim::InProgress),
+                        _ => Err(RedisError::from((ErrorKind::UnexpectedReturnType, "claim code", code.to_string()))),
+                    })
+                    .collect()
+            }
+            Connection::Cluster(cluster) => {
+                let mut buf = Buffers::default();
+                let commands = leases.iter().map(|l| {
+                    let (key, value) = buf.key_and_value(&self.prefix, l);
+                    redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(ttl).arg("GET").take()
+                });
+                let previous: Vec<Option<Vec<u8>>> = per_key(cluster, commands.collect(), None).await?;
+                Ok(leases
+                    .iter()
+                    .zip(previous)
+                    .map(|(lease, previous)| match previous {
+                        None => Claim::Acquired,
+                        Some(v) if v == DONE => Claim::Done,
+                        // Ours already: a batch sent again after an error that came too late.
+                        Some(v) if v.strip_prefix(OWNER) == Some(lease.owner.as_bytes()) => Claim::Acquired,
+                        Some(_) => Claim::InProgress,
+                    })
+                    .collect())
+            }
+        }
     }
 
     async fn complete_all(&self, leases: &[Lease], retention: Duration) -> RedisResult<()> {
         let retention = millis(retention);
-        let commands =
-            leases.iter().map(|l| redis::cmd("SET").arg(self.key(l)).arg(DONE).arg("PX").arg(retention).take());
-        self.connection.run::<()>(commands.collect(), None).await.map(drop)
+        match &self.connection {
+            Connection::Standalone(manager) => {
+                let call = self.batch(&self.complete, leases, Some(retention), false);
+                eval::<i64>(manager, &call, &self.complete).await.map(drop)
+            }
+            Connection::Cluster(cluster) => {
+                let mut buf = Buffers::default();
+                let commands = leases
+                    .iter()
+                    .map(|l| redis::cmd("SET").arg(buf.key(&self.prefix, l)).arg(DONE).arg("PX").arg(retention).take());
+                per_key::<()>(cluster, commands.collect(), None).await.map(drop)
+            }
+        }
     }
 
     async fn release_all(&self, leases: &[Lease]) -> RedisResult<()> {
-        let hash = self.release.get_hash();
-        let commands =
-            leases.iter().map(|l| redis::cmd("EVALSHA").arg(hash).arg(1).arg(self.key(l)).arg(value(l)).take());
-        self.connection.run::<i64>(commands.collect(), Some(&self.release)).await.map(drop)
+        match &self.connection {
+            Connection::Standalone(manager) => {
+                let call = self.batch(&self.release, leases, None, true);
+                eval::<i64>(manager, &call, &self.release).await.map(drop)
+            }
+            Connection::Cluster(cluster) => {
+                let mut buf = Buffers::default();
+                let commands = leases.iter().map(|l| {
+                    let (key, value) = buf.key_and_value(&self.prefix, l);
+                    redis::cmd("EVALSHA").arg(self.release.get_hash()).arg(1).arg(key).arg(value).take()
+                });
+                per_key::<i64>(cluster, commands.collect(), Some(&self.release)).await.map(drop)
+            }
+        }
+    }
+
+    /// One `EVALSHA` of `script` over the keys of `leases`: their keys, then
+    /// `first` (if any), then their claim values (if `values`).
+    fn batch(&self, script: &Script, leases: &[Lease], first: Option<u64>, values: bool) -> Cmd {
+        let per_lease = self.prefix.len() + 64;
+        let mut call = Cmd::with_capacity(3 + 2 * leases.len(), leases.len() * 2 * per_lease);
+        call.arg("EVALSHA").arg(script.get_hash()).arg(leases.len());
+        let mut buf = Buffers::default();
+        for lease in leases {
+            call.arg(buf.key(&self.prefix, lease));
+        }
+        if let Some(first) = first {
+            call.arg(first);
+        }
+        if values {
+            for lease in leases {
+                call.arg(buf.value(lease));
+            }
+        }
+        call
     }
 }
 
-impl Connection {
-    /// Sends `commands` at once and returns their replies in order. `script`,
-    /// if the commands call it, is loaded first where it is missing.
-    async fn run<T: FromRedisValue + Send>(&self, commands: Vec<Cmd>, script: Option<&Script>) -> RedisResult<Vec<T>> {
-        if commands.is_empty() {
-            return Ok(Vec::new());
+/// Calls a script on a standalone server, loading it first if the server
+/// does not have it (after a restart or `SCRIPT FLUSH`). A script that is
+/// missing did not run, so calling again is safe.
+async fn eval<T: FromRedisValue>(manager: &ConnectionManager, call: &Cmd, script: &Script) -> RedisResult<T> {
+    let mut manager = manager.clone();
+    match call.query_async(&mut manager).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(&mut manager).await?;
+            call.query_async(&mut manager).await
         }
-        match self {
-            Self::Standalone(manager) => {
-                let mut pipe = redis::pipe();
-                if let Some(script) = script {
-                    // In one transaction, so that nothing can flush the
-                    // script between its load and its use.
-                    pipe.atomic().load_script(script).ignore();
-                }
-                for command in commands {
-                    pipe.add_command(command);
-                }
-                pipe.query_async(&mut manager.clone()).await
-            }
-            Self::Cluster(cluster) => {
-                // Async cluster pipelines must stay within one slot, and the
-                // keys of a batch spread over all of them.
-                let all = || try_join_all(commands.iter().map(|c| async { c.query_async(&mut cluster.clone()).await }));
-                match (all().await, script) {
-                    (Err(e), Some(script)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        script.load_async(&mut cluster.clone()).await?;
-                        all().await
-                    }
-                    (result, _) => result,
-                }
-            }
+        result => result,
+    }
+}
+
+/// Sends `commands` to a cluster at once, each to its key's node, and returns
+/// their replies in order. `script`, if the commands call it, is loaded where
+/// it is missing.
+async fn per_key<T: FromRedisValue + Send>(
+    cluster: &ClusterConnection,
+    commands: Vec<Cmd>,
+    script: Option<&Script>,
+) -> RedisResult<Vec<T>> {
+    // Async cluster pipelines must stay within one slot, and the keys of a
+    // batch spread over all of them.
+    let all = || try_join_all(commands.iter().map(|c| async { c.query_async(&mut cluster.clone()).await }));
+    match (all().await, script) {
+        (Err(e), Some(script)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(&mut cluster.clone()).await?;
+            all().await
         }
+        (result, _) => result,
+    }
+}
+
+/// Where keys and values are written, reused from lease to lease.
+#[derive(Default)]
+struct Buffers {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Buffers {
+    /// `<prefix><group length>:<group>:<event id>`, escaped.
+    fn key(&mut self, prefix: &str, lease: &Lease) -> &[u8] {
+        write_key(&mut self.key, prefix, &lease.group, &lease.event_id);
+        &self.key
+    }
+
+    /// The value of a claim held by the lease's owner.
+    fn value(&mut self, lease: &Lease) -> &[u8] {
+        self.value.clear();
+        self.value.extend_from_slice(OWNER);
+        self.value.extend_from_slice(lease.owner.as_bytes());
+        &self.value
+    }
+
+    fn key_and_value(&mut self, prefix: &str, lease: &Lease) -> (&[u8], &[u8]) {
+        self.value(lease);
+        write_key(&mut self.key, prefix, &lease.group, &lease.event_id);
+        (&self.key, &self.value)
     }
 }
 
@@ -226,15 +352,22 @@ impl DedupStore for RedisStore {
     }
 }
 
-/// `<prefix><group length>:<group>:<event id>`, escaped.
-fn key(prefix: &str, group: &str, event_id: &str) -> String {
-    let group = escape(group);
-    format!("{prefix}{}:{group}:{}", group.len(), escape(event_id))
+/// Writes `<prefix><group length>:<group>:<event id>`, escaped, into `out`.
+fn write_key(out: &mut Vec<u8>, prefix: &str, group: &str, event_id: &str) {
+    use std::io::Write as _;
+    out.clear();
+    out.extend_from_slice(prefix.as_bytes());
+    let _ = write!(out, "{}:", escaped_len(group));
+    escape_into(out, group);
+    out.push(b':');
+    escape_into(out, event_id);
 }
 
-/// The value of a claim held by the lease's owner.
-fn value(lease: &Lease) -> String {
-    format!("{OWNER}{}", lease.owner)
+/// `TCP_NODELAY`: a batch goes out at once instead of waiting for the
+/// acknowledgement of the one before it (Nagle's algorithm), which would
+/// serialize the batches in flight.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// Redis refuses an expiry of 0 ms.
@@ -242,21 +375,22 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// `s` with `%`, `{` and `}` percent-encoded: no hash tag, and still one to one.
-fn escape(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '{', '}']) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
+/// `s` with `%`, `{` and `}` percent-encoded, appended to `out`: no hash tag,
+/// and still one to one.
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'{' => out.extend_from_slice(b"%7B"),
+            b'}' => out.extend_from_slice(b"%7D"),
+            b => out.push(b),
         }
     }
-    Cow::Owned(out)
+}
+
+/// The length of `s` escaped.
+fn escaped_len(s: &str) -> usize {
+    s.len() + 2 * s.bytes().filter(|b| matches!(b, b'%' | b'{' | b'}')).count()
 }
 
 #[cfg(test)]
@@ -264,7 +398,9 @@ mod tests {
     use super::*;
 
     fn key(group: &str, event_id: &str) -> String {
-        super::key("kh:dedup:", group, event_id)
+        let mut out = Vec::new();
+        write_key(&mut out, "kh:dedup:", group, event_id);
+        String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
     }
 
     #[test]
@@ -283,6 +419,12 @@ mod tests {
         let k = key("g{1}", "{x}");
         assert!(!k.contains(['{', '}']), "a hash tag would pin every key of the group to one slot: {k}");
         assert_ne!(key("g", "{x}"), key("g", "%7Bx%7D"), "escaping must stay one to one");
+    }
+
+    #[test]
+    fn the_scripts_write_and_read_the_done_value() {
+        let done = format!("'{}'", std::str::from_utf8(DONE).unwrap());
+        assert!(CLAIM.contains(&done) && COMPLETE.contains(&done));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! key-ordered (keyed by user id), a fresh consumer group per run:
 //!
 //! 1. a no-op handler with Redis dedup against the same consumer without
-//!    dedup, interleaved runs;
+//!    dedup, interleaved runs; and once with dedup in a store in this
+//!    process's memory, which answers at once: what the consumer and the
+//!    dedup layer cost without Redis;
 //! 2. transactional PostgreSQL mode with durable commits, one effect row per
 //!    event, over a few in-flight, batch and connection settings; the fastest
 //!    setting of a first pass is run again and its median counts.
@@ -14,13 +16,16 @@
 //!
 //! `scripts/bench dedup [--events N] [--rounds R] [--only redis|postgres]`
 
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use kafka_handler::dedup::postgres::PostgresStore;
 use kafka_handler::dedup::redis::RedisStore;
 use kafka_handler::dedup::transactional::{Transactional, TxHandler};
+use kafka_handler::dedup::{Claim, DedupStore, Lease, StoreError};
 use kafka_handler::extract::{FromRecord, Json};
 use kafka_handler::middleware::DedupLayer;
 use kafka_handler::{Consumer, ConsumerBuilder, HandlerError, Ordering, Record, ResultExt};
@@ -127,20 +132,85 @@ async fn redis_cpu_seconds(url: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
-/// A no-op handler, with Redis dedup or without.
-async fn no_op(bootstrap: &str, topic: &str, events: u64, redis: Option<&str>) -> anyhow::Result<Run> {
+/// Claims and done marks in a map in memory, answered at once: the dedup
+/// layer's own cost, without a store to wait for. Expiry is left out (the
+/// runs are shorter than any lease).
+#[derive(Default)]
+struct MemoryStore(std::sync::Mutex<Entries>);
+
+/// (group, event id) → the claim's owner, or `None` once the event is done.
+type Entries = std::collections::HashMap<(Arc<str>, Arc<str>), Option<Arc<str>>>;
+
+impl DedupStore for MemoryStore {
+    fn claim<'a>(&'a self, leases: &'a [Lease], _: Duration) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>> {
+        let mut map = self.0.lock().unwrap();
+        let claims = leases
+            .iter()
+            .map(|l| match map.entry((l.group.clone(), l.event_id.clone())) {
+                Entry::Vacant(e) => {
+                    e.insert(Some(l.owner.clone()));
+                    Claim::Acquired
+                }
+                Entry::Occupied(e) => match e.get() {
+                    None => Claim::Done,
+                    Some(owner) if *owner == l.owner => Claim::Acquired,
+                    Some(_) => Claim::InProgress,
+                },
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(claims)))
+    }
+
+    fn complete<'a>(&'a self, leases: &'a [Lease], _: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut map = self.0.lock().unwrap();
+        for l in leases {
+            map.insert((l.group.clone(), l.event_id.clone()), None);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn release<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut map = self.0.lock().unwrap();
+        for l in leases {
+            if let Entry::Occupied(e) = map.entry((l.group.clone(), l.event_id.clone()))
+                && e.get().as_ref() == Some(&l.owner)
+            {
+                e.remove();
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Where a no-op handler checks its events.
+enum Store<'a> {
+    None,
+    Memory,
+    Redis(&'a str),
+}
+
+/// A no-op handler, with dedup or without.
+async fn no_op(bootstrap: &str, topic: &str, events: u64, store: Store<'_>) -> anyhow::Result<Run> {
+    let redis = match store {
+        Store::Redis(url) => Some(url),
+        _ => None,
+    };
     let clock = Clock::new(events);
     let c = clock.clone();
     let mut builder = consumer(bootstrap, topic, &fresh("dedup-bench")).handler(move || {
         c.tick();
         std::future::ready(())
     });
-    let redis_before = match redis {
-        Some(url) => {
+    let redis_before = match store {
+        Store::Redis(url) => {
             builder = builder.dedup(DedupLayer::new(RedisStore::connect(url).await?));
             Some(redis_cpu_seconds(url).await?)
         }
-        None => None,
+        Store::Memory => {
+            builder = builder.dedup(DedupLayer::new(MemoryStore::default()));
+            None
+        }
+        Store::None => None,
     };
     let c = clock.clone();
     builder
@@ -256,17 +326,28 @@ async fn main() -> anyhow::Result<()> {
         let url = std::env::var("REDIS_URL").expect("REDIS_URL is not set: run with scripts/bench dedup");
         let (mut base, mut redis) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            base.push(no_op(&bootstrap, &topic, args.events, None).await?);
-            redis.push(no_op(&bootstrap, &topic, args.events, Some(&url)).await?);
+            base.push(no_op(&bootstrap, &topic, args.events, Store::None).await?);
+            redis.push(no_op(&bootstrap, &topic, args.events, Store::Redis(&url)).await?);
         }
+        let memory = [no_op(&bootstrap, &topic, args.events, Store::Memory).await?];
         let eps = |v: &[Run]| median(v.iter().map(|r| r.events_per_second));
         let cpu = |v: &[Run]| format!("{:.1}", median(v.iter().map(|r| r.cpu_us)));
         let (b, r) = (eps(&base), eps(&redis));
-        println!("\nno-op handler, Ordering::Key, max_in_flight 256, {} interleaved runs each\n", args.rounds);
+        println!(
+            "\nno-op handler, Ordering::Key, max_in_flight 256, {} interleaved runs each (in-memory store: one)\n",
+            args.rounds
+        );
         table(
             &["consumer", "events/s (median)", "runs", "CPU µs/event, consumer", "CPU µs/event, Redis"],
             &[
                 vec!["no dedup".into(), format!("{b:.0}"), runs(&base), cpu(&base), "-".into()],
+                vec![
+                    "dedup, in-memory store".into(),
+                    format!("{:.0}", eps(&memory)),
+                    runs(&memory),
+                    cpu(&memory),
+                    "-".into(),
+                ],
                 vec![
                     "Redis dedup".into(),
                     format!("{r:.0}"),
