@@ -5,7 +5,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Claim, DedupStore, Lease, StoreError};
 
@@ -79,36 +81,43 @@ async fn drive(
     retention: Duration,
     mut queue: mpsc::UnboundedReceiver<Request>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    // The batches in flight run in this task, not one task each: a batch
+    // costs no spawn and no hand-over between tasks.
+    let mut running = FuturesUnordered::new();
     let mut taken = Vec::with_capacity(MAX_BATCH);
     loop {
-        // Wait for a free slot first: requests pile up meanwhile and make the
-        // next batch larger.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        if queue.recv_many(&mut taken, MAX_BATCH).await == 0 {
-            return;
+        tokio::select! {
+            biased;
+            Some(()) = running.next(), if !running.is_empty() => {}
+            // Take requests only while a slot is free: they pile up meanwhile
+            // and make the next batch larger.
+            n = queue.recv_many(&mut taken, MAX_BATCH), if running.len() < MAX_CONCURRENT => {
+                if n == 0 {
+                    break;
+                }
+                let mut batches: [Batch; 3] = Default::default();
+                for request in taken.drain(..) {
+                    let batch = &mut batches[request.op as usize];
+                    batch.leases.push(request.lease);
+                    batch.replies.push(request.reply);
+                }
+                let store = &*store;
+                running.push(async move {
+                    let [claims, completes, releases] = batches;
+                    tokio::join!(
+                        answer(&claims.leases, claims.replies, |l| store.claim(l, ttl)),
+                        answer(&completes.leases, completes.replies, |l| async {
+                            store.complete(l, retention).await.map(|()| vec![Claim::Done; l.len()])
+                        }),
+                        answer(&releases.leases, releases.replies, |l| async {
+                            store.release(l).await.map(|()| vec![Claim::Done; l.len()])
+                        }),
+                    );
+                });
+            }
         }
-        let mut batches: [Batch; 3] = Default::default();
-        for request in taken.drain(..) {
-            let batch = &mut batches[request.op as usize];
-            batch.leases.push(request.lease);
-            batch.replies.push(request.reply);
-        }
-        let store = store.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let [claims, completes, releases] = batches;
-            tokio::join!(
-                answer(&claims.leases, claims.replies, |l| store.claim(l, ttl)),
-                answer(&completes.leases, completes.replies, |l| async {
-                    store.complete(l, retention).await.map(|()| vec![Claim::Done; l.len()])
-                }),
-                answer(&releases.leases, releases.replies, |l| async {
-                    store.release(l).await.map(|()| vec![Claim::Done; l.len()])
-                }),
-            );
-        });
     }
+    while running.next().await.is_some() {}
 }
 
 /// Calls of one kind, with whom to answer.
