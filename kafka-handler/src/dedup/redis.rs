@@ -17,45 +17,17 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Script, ServerErrorKind};
+use redis::{Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisResult, Script, ServerErrorKind};
 
 use super::{Claim, DedupStore, Lease, StoreError};
 
-/// The value of an event handled (also written into [`CLAIM`] and [`COMPLETE`]).
+/// The value of an event handled.
 const DONE: &[u8] = b"done";
 /// Before the owner in the value of a claim, so that no owner reads as [`DONE`].
 const OWNER: &[u8] = b"owner:";
 /// Connecting and each answer time out after this long: a call fails fast
 /// while Redis is away, and the dedup layer retries it with backoff.
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Claims every key of a batch (`ARGV[1]`: the lease in ms, `ARGV[i + 1]`:
-/// the claim's value for `KEYS[i]`); per key 0 acquired, 1 done, 2 in
-/// progress. A claim that finds its own value is acquired: a batch sent again
-/// after an error that came too late.
-const CLAIM: &str = r"
-local out = {}
-for i, key in ipairs(KEYS) do
-    local value = ARGV[i + 1]
-    local previous = redis.call('SET', key, value, 'NX', 'PX', ARGV[1], 'GET')
-    if not previous or previous == value then
-        out[i] = 0
-    elseif previous == 'done' then
-        out[i] = 1
-    else
-        out[i] = 2
-    end
-end
-return out
-";
-
-/// Marks every key of a batch done for `ARGV[1]` ms.
-const COMPLETE: &str = r"
-for _, key in ipairs(KEYS) do
-    redis.call('SET', key, 'done', 'PX', ARGV[1])
-end
-return #KEYS
-";
 
 /// Deletes each key that still holds the claim `ARGV[i]`.
 const RELEASE: &str = r"
@@ -70,12 +42,15 @@ return released
 
 /// A [`DedupStore`] in Redis: a standalone server or a Redis Cluster.
 ///
-/// Every call sends its whole batch at once: to a standalone server as one
-/// script call (`EVALSHA`) over all of its keys, so a batch costs one command
-/// and one reply; to a cluster, as one command per key, all in flight
-/// together, each routed to its key's node (the cluster client multiplexes
-/// them over one connection per node), so a batch costs about one round trip
-/// either way.
+/// Every call sends its whole batch at once: as one pipeline to a standalone
+/// server (a release: one script call over all of its keys); to a cluster, as
+/// one command per key, all in flight together, each routed to its key's node
+/// (the cluster client multiplexes them over one connection per node), so a
+/// batch costs about one round trip either way.
+///
+/// Claims and done marks are plain commands, not a script over the batch: a
+/// script's `redis.call` per key costs the server about a third more than the
+/// same command in a pipeline.
 ///
 /// ```no_run
 /// use kafka_handler::dedup::redis::RedisStore;
@@ -89,8 +64,6 @@ return released
 pub struct RedisStore {
     connection: Connection,
     prefix: String,
-    claim: Script,
-    complete: Script,
     release: Script,
 }
 
@@ -172,78 +145,73 @@ impl RedisStore {
     }
 
     fn with(connection: Connection) -> Self {
-        Self {
-            connection,
-            prefix: "kh:dedup:".to_owned(),
-            claim: Script::new(CLAIM),
-            complete: Script::new(COMPLETE),
-            release: Script::new(RELEASE),
-        }
+        Self { connection, prefix: "kh:dedup:".to_owned(), release: Script::new(RELEASE) }
     }
 
     async fn claim_all(&self, leases: &[Lease], ttl: Duration) -> RedisResult<Vec<Claim>> {
         let ttl = millis(ttl);
-        match &self.connection {
+        let mut buf = Buffers::default();
+        let commands = leases.iter().map(|l| {
+            let (key, value) = buf.key_and_value(&self.prefix, l);
+            redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(ttl).arg("GET").take()
+        });
+        let previous: Vec<Option<Vec<u8>>> = match &self.connection {
             Connection::Standalone(manager) => {
-                let call = self.batch(&self.claim, leases, Some(ttl), true);
-                let codes: Vec<u8> = eval(manager, &call, &self.claim).await?;
-                codes
-                    .into_iter()
-                    .map(|code| match code {
-                        0 => Ok(Claim::Acquired),
-                        1 => Ok(Claim::Done),
-                        2 => Ok(Claim::InProgress),
-                        _ => Err(RedisError::from((ErrorKind::UnexpectedReturnType, "claim code", code.to_string()))),
-                    })
-                    .collect()
+                let mut pipe = redis::Pipeline::with_capacity(leases.len());
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query_async(&mut manager.clone()).await?
             }
-            Connection::Cluster(cluster) => {
-                let mut buf = Buffers::default();
-                let commands = leases.iter().map(|l| {
-                    let (key, value) = buf.key_and_value(&self.prefix, l);
-                    redis::cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(ttl).arg("GET").take()
-                });
-                let previous: Vec<Option<Vec<u8>>> = per_key(cluster, commands.collect(), None).await?;
-                Ok(leases
-                    .iter()
-                    .zip(previous)
-                    .map(|(lease, previous)| match previous {
-                        None => Claim::Acquired,
-                        Some(v) if v == DONE => Claim::Done,
-                        // Ours already: a batch sent again after an error that came too late.
-                        Some(v) if v.strip_prefix(OWNER) == Some(lease.owner.as_bytes()) => Claim::Acquired,
-                        Some(_) => Claim::InProgress,
-                    })
-                    .collect())
-            }
-        }
+            Connection::Cluster(cluster) => per_key(cluster, commands.collect(), None).await?,
+        };
+        Ok(leases
+            .iter()
+            .zip(previous)
+            .map(|(lease, previous)| match previous {
+                None => Claim::Acquired,
+                Some(v) if v == DONE => Claim::Done,
+                // Ours already: a batch sent again after an error that came too late.
+                Some(v) if v.strip_prefix(OWNER) == Some(lease.owner.as_bytes()) => Claim::Acquired,
+                Some(_) => Claim::InProgress,
+            })
+            .collect())
     }
 
     async fn complete_all(&self, leases: &[Lease], retention: Duration) -> RedisResult<()> {
         let retention = millis(retention);
+        let mut buf = Buffers::default();
+        let commands = leases
+            .iter()
+            .map(|l| redis::cmd("SET").arg(buf.key(&self.prefix, l)).arg(DONE).arg("PX").arg(retention).take());
         match &self.connection {
             Connection::Standalone(manager) => {
-                let call = self.batch(&self.complete, leases, Some(retention), false);
-                eval::<i64>(manager, &call, &self.complete).await.map(drop)
+                let mut pipe = redis::Pipeline::with_capacity(leases.len());
+                for command in commands {
+                    pipe.add_command(command).ignore();
+                }
+                pipe.query_async(&mut manager.clone()).await
             }
-            Connection::Cluster(cluster) => {
-                let mut buf = Buffers::default();
-                let commands = leases
-                    .iter()
-                    .map(|l| redis::cmd("SET").arg(buf.key(&self.prefix, l)).arg(DONE).arg("PX").arg(retention).take());
-                per_key::<()>(cluster, commands.collect(), None).await.map(drop)
-            }
+            Connection::Cluster(cluster) => per_key::<()>(cluster, commands.collect(), None).await.map(drop),
         }
     }
 
     async fn release_all(&self, leases: &[Lease]) -> RedisResult<()> {
+        let mut buf = Buffers::default();
         match &self.connection {
             Connection::Standalone(manager) => {
-                let call = self.batch(&self.release, leases, None, true);
+                // One call over the whole batch: `KEYS[i]`, `ARGV[i]`.
+                let mut call = Cmd::new();
+                call.arg("EVALSHA").arg(self.release.get_hash()).arg(leases.len());
+                for lease in leases {
+                    call.arg(buf.key(&self.prefix, lease));
+                }
+                for lease in leases {
+                    call.arg(buf.value(lease));
+                }
                 eval::<i64>(manager, &call, &self.release).await.map(drop)
             }
             Connection::Cluster(cluster) => {
-                let mut buf = Buffers::default();
                 let commands = leases.iter().map(|l| {
                     let (key, value) = buf.key_and_value(&self.prefix, l);
                     redis::cmd("EVALSHA").arg(self.release.get_hash()).arg(1).arg(key).arg(value).take()
@@ -251,27 +219,6 @@ impl RedisStore {
                 per_key::<i64>(cluster, commands.collect(), Some(&self.release)).await.map(drop)
             }
         }
-    }
-
-    /// One `EVALSHA` of `script` over the keys of `leases`: their keys, then
-    /// `first` (if any), then their claim values (if `values`).
-    fn batch(&self, script: &Script, leases: &[Lease], first: Option<u64>, values: bool) -> Cmd {
-        let per_lease = self.prefix.len() + 64;
-        let mut call = Cmd::with_capacity(3 + 2 * leases.len(), leases.len() * 2 * per_lease);
-        call.arg("EVALSHA").arg(script.get_hash()).arg(leases.len());
-        let mut buf = Buffers::default();
-        for lease in leases {
-            call.arg(buf.key(&self.prefix, lease));
-        }
-        if let Some(first) = first {
-            call.arg(first);
-        }
-        if values {
-            for lease in leases {
-                call.arg(buf.value(lease));
-            }
-        }
-        call
     }
 }
 
@@ -419,12 +366,6 @@ mod tests {
         let k = key("g{1}", "{x}");
         assert!(!k.contains(['{', '}']), "a hash tag would pin every key of the group to one slot: {k}");
         assert_ne!(key("g", "{x}"), key("g", "%7Bx%7D"), "escaping must stay one to one");
-    }
-
-    #[test]
-    fn the_scripts_write_and_read_the_done_value() {
-        let done = format!("'{}'", std::str::from_utf8(DONE).unwrap());
-        assert!(CLAIM.contains(&done) && COMPLETE.contains(&done));
     }
 
     #[test]
