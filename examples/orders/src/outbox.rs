@@ -31,6 +31,26 @@ impl OutboxSignal {
     }
 }
 
+/// Passes this process's wake-ups on to the relays of other processes, on
+/// PostgreSQL, while this process writes outbox rows but runs no relay: one
+/// `NOTIFY orders_outbox` per burst of wake-ups, on a connection of its own,
+/// outside the writers' transactions. A `NOTIFY` inside the order's
+/// transaction (a trigger on the outbox did that before) holds a
+/// database-wide lock until its commit is on disk, so every order's commit
+/// waited for the one before: at 1,000 orders/s the commit's p99 went from
+/// about 10 ms to 90–260 ms.
+pub async fn forward_wake_ups(pool: sqlx::PgPool, signal: OutboxSignal, shutdown: Shutdown) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = signal.0.notified() => {}
+            () = shutdown.wait() => return Ok(()),
+        }
+        if let Err(e) = sqlx::query("SELECT pg_notify('orders_outbox', '')").execute(&pool).await {
+            tracing::warn!(error = %e, "outbox wake-up not sent; the relays look every 100 ms anyway");
+        }
+    }
+}
+
 /// Writes `payload` as a row to publish to `topic` with `key`.
 pub async fn enqueue(
     conn: &mut Conn<'_>,
@@ -78,7 +98,8 @@ pub struct Relay {
 
 impl Relay {
     /// Runs until `shutdown`. On PostgreSQL it also listens for the
-    /// `orders_outbox` notification that every insert raises, and only one
+    /// `orders_outbox` notification of writers in other processes (see
+    /// [`forward_wake_ups`]), and only one
     /// relay at a time publishes (an advisory lock), so replicas are standbys.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let _leader = match &self.db {

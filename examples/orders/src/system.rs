@@ -103,6 +103,12 @@ impl System {
         let telemetry = crate::telemetry::Telemetry::new()?;
         let mut tasks = tokio::task::JoinSet::new();
 
+        match &db {
+            Db::Postgres(pool) if !parts.relay && (parts.api || !parts.jobs.is_empty()) => {
+                tasks.spawn(crate::outbox::forward_wake_ups(pool.clone(), signal.clone(), shutdown.clone()));
+            }
+            _ => {}
+        }
         if parts.relay {
             let relay = Relay { db: db.clone(), producer: producer.clone(), signal: signal.clone() };
             tasks.spawn(relay.run(shutdown.clone()));

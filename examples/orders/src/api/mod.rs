@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -67,6 +68,10 @@ impl Api {
     pub async fn serve(self, addr: SocketAddr, shutdown: Shutdown) -> anyhow::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
+        // Answers are small: send them at once rather than wait for an ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let app = self.router();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await;

@@ -128,13 +128,10 @@ CREATE TABLE IF NOT EXISTS error_log (
     alerted BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL
 );
-CREATE OR REPLACE FUNCTION orders_outbox_notify() RETURNS trigger AS $$
-BEGIN
-    PERFORM pg_notify('orders_outbox', '');
-    RETURN NULL;
-END $$ LANGUAGE plpgsql;
-CREATE OR REPLACE TRIGGER orders_outbox_notify AFTER INSERT ON outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION orders_outbox_notify();
+-- Writers notify the relays after their commit (outbox::forward_wake_ups);
+-- a NOTIFY inside the transaction serializes the commits of every writer.
+DROP TRIGGER IF EXISTS orders_outbox_notify ON outbox;
+DROP FUNCTION IF EXISTS orders_outbox_notify();
 ";
 
 pub(super) async fn migrate(db: &Db) -> anyhow::Result<()> {

@@ -1,17 +1,28 @@
-//! `scripts/bench order-api`: a fixed-rate load on the order API running on
-//! the real components (Kafka, PostgreSQL, Redis from the environment), the
-//! event-driven endpoint and the inline one in the same run, with the
-//! domain's provider latencies. Prints a table and `RESULT` lines.
+//! `scripts/bench order-api`: a fixed-rate, open-loop load on the order API
+//! running as its own process on the real components (Kafka, PostgreSQL,
+//! Redis of the test bed), the event-driven endpoint and the inline one in
+//! the same run, with the domain's provider latencies. Prints a table and
+//! `RESULT` lines.
+//!
+//! The benchmark starts the `orders` binary of the same build once per role —
+//! `api`, `relay`, `worker all`, `simulator` — with the test bed's
+//! environment, and sends the load from a thread of its own (see
+//! [`load`]). On one machine it simulates separate hosts: while `POST
+//! /orders` is loaded, everything but the API and PostgreSQL runs at a lower
+//! CPU priority (`--nice`, see [`roles`]); before and after, all at the
+//! normal one, so that the pipeline drains at full speed.
 
-use std::sync::Arc;
+mod load;
+mod roles;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use orders::config::Settings;
-use orders::demo::{Load, drive, e2e_latencies, order_body, percentile, wait_settled};
-use orders::simulator::SimulatorConfig;
-use orders::system::{Parts, System};
-use tokio::sync::Mutex;
+use orders::db::Db;
+use orders::demo::{Load, drive, e2e_latencies, percentile, wait_settled};
+
+use self::roles::Role;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -31,54 +42,44 @@ struct Args {
     /// Provider latency in ms (the domain's is 1,000).
     #[arg(long, default_value_t = 1000)]
     latency_ms: u64,
+    /// Nice level, while `POST /orders` is loaded, of what stands in for
+    /// other hosts: relay, workers, simulator, Kafka, Redis, and the relay's
+    /// and workers' PostgreSQL sessions (0: everything at the same priority).
+    #[arg(long, default_value_t = 19)]
+    nice: i32,
 }
 
-/// Sends `rate` requests per second for `seconds` to `path`, each on its own
-/// task, whatever the answers take (an open loop: a slow server does not
-/// slow the load down). Returns the latencies of 2xx answers in ms and the
-/// count of other outcomes.
-async fn fixed_rate(base: &str, path: &str, rate: u64, seconds: u64) -> (Vec<f64>, u64) {
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(2048).build().unwrap();
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let load = Load::new(1);
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..rate * seconds {
-        ticker.tick().await;
-        let (http, url, body) = (http.clone(), format!("{base}{path}"), order_body(&load, i as usize));
-        let (latencies, errors) = (latencies.clone(), errors.clone());
-        tasks.spawn(async move {
-            let started = Instant::now();
-            match http.post(url).json(&body).send().await {
-                Ok(r) if r.status().is_success() => latencies.lock().await.push(started.elapsed().as_secs_f64() * 1e3),
-                _ => {
-                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let latencies = std::mem::take(&mut *latencies.lock().await);
-    (latencies, errors.load(std::sync::atomic::Ordering::Relaxed))
-}
-
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("error").init();
     let args = Args::parse();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Dropping `run` stops the roles.
+    tokio::select! {
+        result = run(args) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = terminate.recv() => anyhow::bail!("terminated"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let admin = std::env::var("DATABASE_URL").map_err(|_| anyhow::anyhow!("DATABASE_URL: run with scripts/bench"))?;
+    let kafka = std::env::var("KAFKA_BOOTSTRAP_SERVERS")?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let pool = sqlx::PgPool::connect(&admin).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE orders_bench_{id}"))).execute(&pool).await?;
+    let database = format!("{}/orders_bench_{id}", admin.rsplit_once('/').expect("a database").0);
+    let prefix = format!("b{id}-");
+
+    // Tables and topics first, so the roles start on a ready system.
+    let db = Db::connect(&database, 2).await?;
+    db.migrate().await?;
     let settings = Settings {
-        kafka: Some(std::env::var("KAFKA_BOOTSTRAP_SERVERS")?),
-        database_url: Some(format!("{}/orders_bench_{id}", admin.rsplit_once('/').expect("a database").0)),
+        kafka: Some(kafka.clone()),
+        database_url: Some(database.clone()),
         redis_url: std::env::var("REDIS_URL").ok(),
         simulator_url: None,
-        prefix: format!("b{id}-"),
+        prefix: prefix.clone(),
         partitions: 6,
         api_addr: "127.0.0.1:0".parse()?,
         retry_delays_ms: vec![1000, 2000, 4000],
@@ -87,44 +88,122 @@ async fn main() -> anyhow::Result<()> {
         metrics_addr: None,
         data_dir: std::env::temp_dir(),
     };
-    let system = System::start(settings, SimulatorConfig::uniform(args.latency_ms, 0.0), Parts::all()).await?;
-    let base = format!("http://{}", system.api_addr.expect("the API runs"));
-    println!("order API on PostgreSQL, Kafka, Redis; providers answer in {} ms", args.latency_ms);
+    let topics = settings.all_topics();
+    orders::system::create_topics(&kafka, &topics.iter().map(String::as_str).collect::<Vec<_>>(), 6).await?;
 
+    let latency = args.latency_ms.to_string();
+    let sim_env = [
+        ("SIM_ADDR", "127.0.0.1:0".to_owned()),
+        ("SIM_PAYMENT_LATENCY_MS", latency.clone()),
+        ("SIM_EMAIL_LATENCY_MS", latency.clone()),
+        ("SIM_SMS_LATENCY_MS", latency),
+        ("SIM_CHAT_LATENCY_MS", args.latency_ms.min(50).to_string()),
+        ("RUST_LOG", "error".to_owned()),
+    ];
+    let (simulator, simulator_url) = Role::start("simulator", &["simulator"], &sim_env, true)?;
+    let simulator_url = simulator_url.expect("announced");
+    // `application_name` marks the PostgreSQL sessions to lower in priority.
+    let env = |app: &str| {
+        vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", kafka.clone()),
+            ("DATABASE_URL", format!("{database}?application_name={app}")),
+            ("REDIS_URL", settings.redis_url.clone().unwrap_or_default()),
+            ("SIMULATOR_URL", simulator_url.clone()),
+            ("ORDERS_PREFIX", prefix.clone()),
+            ("ORDERS_PARTITIONS", "6".to_owned()),
+            ("ORDERS_API_ADDR", "127.0.0.1:0".to_owned()),
+            ("RUST_LOG", "error".to_owned()),
+        ]
+    };
+    let (relay, _) = Role::start("relay", &["relay"], &env("orders-relay"), false)?;
+    let (workers, _) = Role::start("workers", &["worker", "all"], &env("orders-worker"), false)?;
+    let (api, base) = Role::start("api", &["api"], &env("orders-api"), true)?;
+    let elsewhere = [simulator.pid(), relay.pid(), workers.pid()];
+    let _roles = [simulator, relay, workers, api];
+    let base = base.expect("announced");
+    println!(
+        "order API on {base}; API, relay, workers, simulator: one process each; providers answer in {} ms",
+        args.latency_ms
+    );
+
+    let warm_up = Instant::now();
     drive(&base, &Load { concurrency: 8, ..Load::new(100) }).await?;
-    wait_settled(&system.db, Duration::from_secs(60)).await?;
+    wait_settled(&db, Duration::from_secs(120)).await?;
+    println!("100 warm-up orders settled in {:.1} s", warm_up.elapsed().as_secs_f64());
 
     let since = orders::config::now_ms();
     println!("POST /orders at {} orders/s for {} s …", args.rate, args.seconds);
+    let lowered = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), args.nice));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let (mut fast, fast_errors) = fixed_rate(&base, "/orders", args.rate, args.seconds).await;
-    let sent_in = started.elapsed();
-    let open = wait_settled(&system.db, Duration::from_secs(300)).await?;
+    let mut fast = load::fixed_rate(format!("{base}/orders"), args.rate, args.seconds).await?;
+    lowered.abort();
+    let restored = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), 0));
+    let open = wait_settled(&db, Duration::from_secs(600)).await?;
     let drained_in = started.elapsed();
-    let mut e2e = e2e_latencies(&system.db, since).await?;
+    let mut e2e = e2e_latencies(&db, since).await?;
 
     println!("POST /orders/sync at {} orders/s for {} s …", args.sync_rate, args.sync_seconds);
-    let (mut slow, slow_errors) = fixed_rate(&base, "/orders/sync", args.sync_rate, args.sync_seconds).await;
+    let mut slow = load::fixed_rate(format!("{base}/orders/sync"), args.sync_rate, args.sync_seconds).await?;
+    restored.abort();
 
-    let (f50, f99) = (percentile(&mut fast, 50.0), percentile(&mut fast, 99.0));
-    let (s50, s99) = (percentile(&mut slow, 50.0), percentile(&mut slow, 99.0));
+    let (f50, f99) = (percentile(&mut fast.latencies, 50.0), percentile(&mut fast.latencies, 99.0));
+    let (s50, s99) = (percentile(&mut slow.latencies, 50.0), percentile(&mut slow.latencies, 99.0));
     let (e50, e99) = (percentile(&mut e2e, 50.0), percentile(&mut e2e, 99.0));
+    let lag99 = percentile(&mut fast.lag, 99.0);
     println!();
-    println!("| endpoint | rate (orders/s) | answered | errors | p50 ms | p99 ms |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    println!("| `POST /orders` | {} | {} | {fast_errors} | {f50:.1} | {f99:.1} |", args.rate, fast.len());
-    println!("| `POST /orders/sync` | {} | {} | {slow_errors} | {s50:.1} | {s99:.1} |", args.sync_rate, slow.len());
+    println!("| endpoint | rate (orders/s) | sent at (orders/s) | answered | errors | p50 ms | p99 ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, rate, o, p50, p99) in
+        [("`POST /orders`", args.rate, &fast, f50, f99), ("`POST /orders/sync`", args.sync_rate, &slow, s50, s99)]
+    {
+        let max = o.latencies.last().copied().unwrap_or(0.0);
+        println!(
+            "| {name} | {rate} | {:.0} | {} | {} | {p50:.1} | {p99:.1} | {max:.1} |",
+            o.send_rate(),
+            o.latencies.len(),
+            o.errors
+        );
+    }
     println!();
     println!(
-        "async orders sent in {:.1} s, every follow-up done {:.1} s after the first ({open} still open); end to end p50 {e50:.0} ms, p99 {e99:.0} ms",
-        sent_in.as_secs_f64(),
+        "async load sent in {:.2} s (a request left p99 {lag99:.2} ms after its time); every follow-up done \
+         {:.1} s after the first order ({open} still open); end to end p50 {e50:.0} ms, p99 {e99:.0} ms",
+        fast.sending.as_secs_f64(),
         drained_in.as_secs_f64()
     );
     println!("RESULT order_api_p50_ms {f50:.1}");
     println!("RESULT order_api_p99_ms {f99:.1}");
+    println!("RESULT order_api_send_rate {:.0}", fast.send_rate());
     println!("RESULT order_api_sync_p50_ms {s50:.1}");
     println!("RESULT order_api_speedup {:.1}", if f50 > 0.0 { s50 / f50 } else { 0.0 });
     println!("RESULT order_e2e_p50_ms {e50:.0}");
     println!("RESULT order_e2e_p99_ms {e99:.0}");
-    system.stop().await
+    Ok(())
+}
+
+/// Keeps what stands in for other hosts at nice level `nice`: the roles
+/// `elsewhere`, the test bed's Kafka and Redis, and the PostgreSQL sessions of
+/// the relay and the workers (their pools open connections as they need
+/// them, so it looks every second).
+async fn keep_nice(database: String, elsewhere: Vec<u32>, nice: i32) {
+    let Ok(pool) = sqlx::PgPool::connect(&database).await else { return };
+    loop {
+        let sessions: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name IN ('orders-relay', 'orders-worker')",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        let sessions: Vec<u32> = sessions.into_iter().map(|p| p as u32).collect();
+        let elsewhere = elsewhere.clone();
+        tokio::task::spawn_blocking(move || {
+            roles::set_nice(&elsewhere, nice, true);
+            roles::set_nice(&roles::testbed_pids(), nice, true);
+            roles::set_nice(&sessions, nice, false);
+        })
+        .await
+        .ok();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
