@@ -119,6 +119,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (workers, _) = Role::start("workers", &["worker", "all"], &env("orders-worker"), false)?;
     let (api, base) = Role::start("api", &["api"], &env("orders-api"), true)?;
     let elsewhere = [simulator.pid(), relay.pid(), workers.pid()];
+    let api_pid = api.pid();
+    let db_pool = sqlx::PgPool::connect(&database).await?;
+    let db_pool = &db_pool;
     let _roles = [simulator, relay, workers, api];
     let base = base.expect("announced");
     println!(
@@ -133,11 +136,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let since = orders::config::now_ms();
     println!("POST /orders at {} orders/s for {} s …", args.rate, args.seconds);
+    let api_pids = |api: u32| async move {
+        let sessions: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = 'orders-api'")
+                .fetch_all(db_pool)
+                .await
+                .unwrap_or_default();
+        (vec![api], sessions.into_iter().map(|p| p as u32).collect::<Vec<_>>())
+    };
+    let (api_process, api_sessions) = api_pids(api_pid).await;
+    let cpu_before = (roles::cpu_times(&api_process), roles::cpu_times(&api_sessions));
     let lowered = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), args.nice));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let mut fast = load::fixed_rate(format!("{base}/orders"), args.rate, args.seconds).await?;
     lowered.abort();
+    let (api_process, api_sessions) = api_pids(api_pid).await;
+    let used = |before: &std::collections::HashMap<u32, Duration>, pids: &[u32]| -> f64 {
+        let after = roles::cpu_times(pids);
+        let total: Duration =
+            after.iter().map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or_default())).sum();
+        total.as_secs_f64() * 1e6 / fast.sent.max(1) as f64
+    };
+    let (api_cpu, pg_cpu) = (used(&cpu_before.0, &api_process), used(&cpu_before.1, &api_sessions));
     let restored = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), 0));
     let open = wait_settled(&db, Duration::from_secs(600)).await?;
     let drained_in = started.elapsed();
@@ -172,9 +193,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fast.sending.as_secs_f64(),
         drained_in.as_secs_f64()
     );
+    println!(
+        "CPU per order while loaded: API process {api_cpu:.0} µs, its PostgreSQL sessions {pg_cpu:.0} µs \
+         ({:.2} of a core at {} orders/s)",
+        (api_cpu + pg_cpu) * args.rate as f64 / 1e6,
+        args.rate
+    );
     println!("RESULT order_api_p50_ms {f50:.1}");
     println!("RESULT order_api_p99_ms {f99:.1}");
     println!("RESULT order_api_send_rate {:.0}", fast.send_rate());
+    println!("RESULT order_api_cpu_us_per_order {:.0}", api_cpu + pg_cpu);
     println!("RESULT order_api_sync_p50_ms {s50:.1}");
     println!("RESULT order_api_speedup {:.1}", if f50 > 0.0 { s50 / f50 } else { 0.0 });
     println!("RESULT order_e2e_p50_ms {e50:.0}");
