@@ -23,6 +23,7 @@ use crate::{Error, Handler, HandlerError, Record};
 /// Defaults: at-least-once offsets (`enable.auto.offset.store=false`, finished
 /// offsets committed every second and on revoke and shutdown),
 /// `auto.offset.reset=earliest`, `queued.max.messages.kbytes=32768`,
+/// `fetch.queue.backoff.ms=10`, `fetch.wait.max.ms=100`,
 /// `statistics.interval.ms=5000` (for health and lag), the
 /// `cooperative-sticky` assignor (unless
 /// `group.protocol=consumer`, KIP-848, is chosen), [`Ordering::Partition`],
@@ -354,6 +355,16 @@ impl ConsumerBuilder {
         // The runtime buffers up to `max_buffered` records itself; librdkafka's
         // own 64 MiB prefetch default would double the memory for nothing.
         self.config.set_default("queued.max.messages.kbytes", "32768");
+        // Once a partition's prefetched records reach that limit, librdkafka
+        // postpones its next fetch by `fetch.queue.backoff.ms` (1 s by
+        // default). The polling thread drains the queue in a fraction of that
+        // and would then sit idle: consuming a backlog ran at half speed.
+        self.config.set_default("fetch.queue.backoff.ms", "10");
+        // A partition resumed after back-pressure is fetched only once the
+        // fetch request in flight returns, which the broker holds up to
+        // `fetch.wait.max.ms` (500 ms by default) when the partitions in it
+        // have nothing new: every pause cost up to half a second.
+        self.config.set_default("fetch.wait.max.ms", "100");
         // Broker connection states, for readiness.
         self.config.set_default("statistics.interval.ms", "5000");
         if self.config.get("group.protocol") != Some("consumer") {
