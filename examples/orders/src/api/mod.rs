@@ -129,7 +129,15 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, 
         amount: view.amount.clone(),
         created_at: now,
     };
+    let payload = match serde_json::to_string(&event) {
+        Ok(payload) => payload,
+        Err(e) => return *error(StatusCode::INTERNAL_SERVER_ERROR, "order", e.to_string()),
+    };
+    let outbox_row = (&*api.topics.created, &*event.user_id, "OrderCreated", &*payload);
     let saved = async {
+        if let Some(saved) = view::insert_with_outbox(&api.db, &view, key.as_deref(), outbox_row).await {
+            return saved;
+        }
         let mut tx = api.db.begin().await?;
         if !view::insert(&mut tx.conn(), &view, key.as_deref()).await? {
             return Ok(false);

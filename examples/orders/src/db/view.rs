@@ -178,6 +178,52 @@ pub async fn insert(conn: &mut Conn<'_>, v: &OrderView, idempotency_key: Option<
     Ok(done == 1)
 }
 
+/// On PostgreSQL, saves a new order and its outbox row in one statement (one
+/// round trip, atomic without a transaction block): the outbox row is written
+/// only if the order was. `None` on SQLite, which has no `INSERT` in a `WITH`:
+/// use [`insert`] and the outbox in a transaction there.
+pub async fn insert_with_outbox(
+    db: &Db,
+    v: &OrderView,
+    idempotency_key: Option<&str>,
+    outbox: (&str, &str, &str, &str),
+) -> Option<Result<bool, sqlx::Error>> {
+    let Db::Postgres(pool) = db else {
+        return None;
+    };
+    let (topic, msg_key, event_type, payload) = outbox;
+    let result = sqlx::query(
+        "WITH o AS (INSERT INTO orders (order_id, event_id, user_id, product_id, quantity, amount_cents, \
+         idempotency_key, status, stock, payment, payment_id, points, email_sent, sms_sent, created_at, updated_at, \
+         settled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16) \
+         ON CONFLICT DO NOTHING RETURNING 1) \
+         INSERT INTO outbox (topic, msg_key, event_type, payload, created_at) SELECT $17, $18, $19, $20, $15 FROM o",
+    )
+    .bind(&v.order_id)
+    .bind(&v.event_id)
+    .bind(&v.user_id)
+    .bind(&v.product_id)
+    .bind(v.quantity)
+    .bind(v.amount_cents)
+    .bind(idempotency_key)
+    .bind(&v.status)
+    .bind(&v.stock)
+    .bind(&v.payment)
+    .bind(&v.payment_id)
+    .bind(v.points)
+    .bind(i64::from(v.email_sent))
+    .bind(i64::from(v.sms_sent))
+    .bind(v.created_at)
+    .bind(v.settled_at)
+    .bind(topic)
+    .bind(msg_key)
+    .bind(event_type)
+    .bind(payload)
+    .execute(pool)
+    .await;
+    Some(result.map(|r| r.rows_affected() == 1))
+}
+
 /// The order saved under an idempotency key.
 pub async fn by_idempotency_key(db: &Db, key: &str) -> Result<Option<OrderView>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1");
