@@ -149,32 +149,40 @@ pub async fn all(db: &Db) -> Result<Vec<OrderView>, sqlx::Error> {
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+/// A new order's row; its parameters are bound by `bind_order!`.
+const INSERT_ORDER: &str = "INSERT INTO orders (order_id, event_id, user_id, product_id, quantity, amount_cents, idempotency_key, \
+         status, stock, payment, payment_id, points, email_sent, sms_sent, created_at, updated_at, settled_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16) ON CONFLICT DO NOTHING";
+
+/// Binds an order's columns, `$1` to `$16`, for `INSERT_ORDER`.
+macro_rules! bind_order {
+    ($query:expr, $v:expr, $key:expr) => {
+        $query
+            .bind(&$v.order_id)
+            .bind(&$v.event_id)
+            .bind(&$v.user_id)
+            .bind(&$v.product_id)
+            .bind($v.quantity)
+            .bind($v.amount_cents)
+            .bind($key)
+            .bind(&$v.status)
+            .bind(&$v.stock)
+            .bind(&$v.payment)
+            .bind(&$v.payment_id)
+            .bind($v.points)
+            .bind(i64::from($v.email_sent))
+            .bind(i64::from($v.sms_sent))
+            .bind($v.created_at)
+            .bind($v.settled_at)
+    };
+}
+
 /// Inserts a new order; `false` if its idempotency key was used before.
 pub async fn insert(conn: &mut Conn<'_>, v: &OrderView, idempotency_key: Option<&str>) -> Result<bool, sqlx::Error> {
-    let done = crate::on_conn!(conn, |c| sqlx::query(
-        "INSERT INTO orders (order_id, event_id, user_id, product_id, quantity, amount_cents, idempotency_key, \
-         status, stock, payment, payment_id, points, email_sent, sms_sent, created_at, updated_at, settled_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16) ON CONFLICT DO NOTHING"
-    )
-    .bind(&v.order_id)
-    .bind(&v.event_id)
-    .bind(&v.user_id)
-    .bind(&v.product_id)
-    .bind(v.quantity)
-    .bind(v.amount_cents)
-    .bind(idempotency_key)
-    .bind(&v.status)
-    .bind(&v.stock)
-    .bind(&v.payment)
-    .bind(&v.payment_id)
-    .bind(v.points)
-    .bind(i64::from(v.email_sent))
-    .bind(i64::from(v.sms_sent))
-    .bind(v.created_at)
-    .bind(v.settled_at)
-    .execute(c)
-    .await
-    .map(|r| r.rows_affected()))?;
+    let done = crate::on_conn!(conn, |c| bind_order!(sqlx::query(INSERT_ORDER), v, idempotency_key)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
     Ok(done == 1)
 }
 
@@ -192,35 +200,17 @@ pub async fn insert_with_outbox(
         return None;
     };
     let (topic, msg_key, event_type, payload) = outbox;
-    let result = sqlx::query(
-        "WITH o AS (INSERT INTO orders (order_id, event_id, user_id, product_id, quantity, amount_cents, \
-         idempotency_key, status, stock, payment, payment_id, points, email_sent, sms_sent, created_at, updated_at, \
-         settled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16) \
-         ON CONFLICT DO NOTHING RETURNING 1) \
-         INSERT INTO outbox (topic, msg_key, event_type, payload, created_at) SELECT $17, $18, $19, $20, $15 FROM o",
-    )
-    .bind(&v.order_id)
-    .bind(&v.event_id)
-    .bind(&v.user_id)
-    .bind(&v.product_id)
-    .bind(v.quantity)
-    .bind(v.amount_cents)
-    .bind(idempotency_key)
-    .bind(&v.status)
-    .bind(&v.stock)
-    .bind(&v.payment)
-    .bind(&v.payment_id)
-    .bind(v.points)
-    .bind(i64::from(v.email_sent))
-    .bind(i64::from(v.sms_sent))
-    .bind(v.created_at)
-    .bind(v.settled_at)
-    .bind(topic)
-    .bind(msg_key)
-    .bind(event_type)
-    .bind(payload)
-    .execute(pool)
-    .await;
+    let sql = format!(
+        "WITH o AS ({INSERT_ORDER} RETURNING 1) \
+         INSERT INTO outbox (topic, msg_key, event_type, payload, created_at) SELECT $17, $18, $19, $20, $15 FROM o"
+    );
+    let result = bind_order!(sqlx::query(sqlx::AssertSqlSafe(sql)), v, idempotency_key)
+        .bind(topic)
+        .bind(msg_key)
+        .bind(event_type)
+        .bind(payload)
+        .execute(pool)
+        .await;
     Some(result.map(|r| r.rows_affected() == 1))
 }
 
