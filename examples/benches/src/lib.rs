@@ -41,6 +41,18 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyh
 /// Loads `count` JSON events of about `size` bytes, keyed over `keys` keys,
 /// as fast as librdkafka batches them.
 pub fn load(bootstrap: &str, topic: &str, count: u64, keys: u64, size: usize) -> anyhow::Result<()> {
+    load_with_headers(bootstrap, topic, count, keys, size, |_| None)
+}
+
+/// Like [`load`], the `i`th event with the headers `headers(i)` gives it.
+pub fn load_with_headers(
+    bootstrap: &str,
+    topic: &str,
+    count: u64,
+    keys: u64,
+    size: usize,
+    mut headers: impl FnMut(u64) -> Option<rdkafka::message::OwnedHeaders>,
+) -> anyhow::Result<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -53,6 +65,9 @@ pub fn load(bootstrap: &str, topic: &str, count: u64, keys: u64, size: usize) ->
         let key = format!("k{}", i % keys);
         let payload = format!(r#"{{"eventId":"{i:016}","key":"{key}","seq":{},"p":"{pad}"}}"#, i / keys);
         let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
+        if let Some(headers) = headers(i) {
+            record = record.headers(headers);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,

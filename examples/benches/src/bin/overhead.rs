@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use kafka_handler::Consumer;
-use kafka_handler_benches::{bootstrap, create_topic, fresh, load, peak_rss_mib, table};
+use kafka_handler_benches::{bootstrap, create_topic, fresh, load, load_with_headers, peak_rss_mib, table};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
@@ -31,7 +31,6 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporte
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
@@ -221,35 +220,13 @@ fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
 /// producer that samples [`SAMPLED`] of its traces: a fresh trace per event,
 /// the sampled flag on one in 100.
 fn load_traced(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("compression.type", "lz4")
-        .create()?;
-    let pad = "x".repeat(40);
     let every = (1.0 / SAMPLED) as u64;
-    for i in 0..count {
-        let key = format!("k{}", i % 10_000);
-        let payload = format!(r#"{{"eventId":"{i:016}","key":"{key}","seq":{},"p":"{pad}"}}"#, i / 10_000);
+    load_with_headers(bootstrap, topic, count, 10_000, 100, |i| {
         let ids = uuid::Uuid::new_v4().as_u128();
         let flags = if i % every == 0 { "01" } else { "00" };
         let traceparent = format!("00-{:032x}-{:016x}-{flags}", ids, (ids as u64) | 1);
-        let headers = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) });
-        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120))?;
-    Ok(())
+        Some(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) }))
+    })
 }
 
 #[tokio::main]
