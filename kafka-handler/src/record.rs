@@ -43,6 +43,11 @@ struct Inner {
     /// Key and payload in one allocation: `data[..key_len]` is the key.
     data: KeyAndPayload,
     headers: Vec<Header>,
+    /// The trace context the runtime read from the headers when it took the
+    /// record from librdkafka (without copying them, if nothing else reads
+    /// them); `None` when it did not.
+    #[cfg(feature = "trace-context")]
+    parent: Option<opentelemetry::Context>,
 }
 
 /// A record's key and value copied out of librdkafka with one allocation.
@@ -161,8 +166,32 @@ impl Record {
         headers: Vec<Header>,
         shared: Arc<http::Extensions>,
     ) -> Self {
-        let inner = Inner { topic, partition, offset, timestamp, data, headers };
+        let inner = Inner {
+            topic,
+            partition,
+            offset,
+            timestamp,
+            data,
+            headers,
+            #[cfg(feature = "trace-context")]
+            parent: None,
+        };
         Record { inner: Arc::new(inner), shared, extensions: http::Extensions::new() }
+    }
+
+    /// Sets the trace context read from the record's headers; only on a
+    /// record not cloned yet.
+    #[cfg(feature = "trace-context")]
+    pub(crate) fn set_trace_parent(&mut self, cx: opentelemetry::Context) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.parent = Some(cx);
+        }
+    }
+
+    /// The trace context the runtime read from the headers, if it did.
+    #[cfg(feature = "trace-context")]
+    pub(crate) fn trace_parent(&self) -> Option<&opentelemetry::Context> {
+        self.inner.parent.as_ref()
     }
 }
 

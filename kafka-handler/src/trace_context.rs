@@ -5,38 +5,92 @@
 //! the SDK's `TraceContextPropagator`, which writes `traceparent` and
 //! `tracestate`). Until one is set nothing is written or read.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, PoisonError};
-
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Context, ContextGuard, global};
-use rustc_hash::FxHashMap;
-use tracing::level_filters::LevelFilter;
-use tracing::span::{Attributes, Id, Record as Values};
-use tracing::subscriber::Interest;
-use tracing::{Dispatch, Event, Level, Metadata, Span, Subscriber};
+use opentelemetry::{Context, global};
+use rdkafka::message::{BorrowedHeaders, Headers as _};
 
 use crate::record::Header;
 
 /// The context carried by `headers`; an empty one when there is none.
-///
-/// The W3C propagator, known by the headers it reads, gets a fast path: a
-/// well-formed version-00 `traceparent` is parsed here, into what the
-/// propagator would make of it. Its own parser splits into a vector and
-/// parses digit by digit, which costs as much as the rest of the runtime's
-/// work on a record when every record carries a context.
 pub(crate) fn extract(headers: &[Header]) -> Context {
-    let extractor = HeaderExtractor(headers);
+    extract_from(&HeaderExtractor(headers))
+}
+
+/// What the global propagator makes of `extractor`'s headers, with the fast
+/// path of [`Propagation::W3c`] when the propagator is the W3C one.
+fn extract_from(extractor: &impl Extractor) -> Context {
     global::get_text_map_propagator(|propagator| {
-        let mut fields = propagator.fields();
-        let w3c = fields.next() == Some(TRACEPARENT) && fields.next() == Some(TRACESTATE) && fields.next().is_none();
-        match w3c.then(|| w3c_span_context(&extractor)).flatten() {
+        let fast = (Propagation::of(propagator) == Propagation::W3c)
+            .then(|| w3c_span_context(extractor.get(TRACEPARENT)?.as_bytes(), extractor.get(TRACESTATE)))
+            .flatten();
+        match fast {
             Some(sc) => Context::current().with_remote_span_context(sc),
-            None => propagator.extract(&extractor),
+            None => propagator.extract(extractor),
         }
     })
+}
+
+/// How a consumer reads trace context, decided from the global propagator
+/// when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// No propagator is set: nothing to read.
+    None,
+    /// The W3C propagator, known by the headers it reads. A well-formed
+    /// version-00 `traceparent` is parsed here, into what the propagator
+    /// would make of it; its own parser splits into a vector and parses
+    /// digit by digit, which costs as much as the rest of the runtime's work
+    /// on a record when every record carries a context.
+    W3c,
+    /// Another propagator, asked for every record.
+    Other,
+}
+
+impl Propagation {
+    /// The global propagator's.
+    pub(crate) fn current() -> Self {
+        global::get_text_map_propagator(|propagator| Propagation::of(propagator))
+    }
+
+    fn of(propagator: &dyn TextMapPropagator) -> Self {
+        let mut fields = propagator.fields();
+        match (fields.next(), fields.next(), fields.next()) {
+            (None, _, _) => Propagation::None,
+            (Some(TRACEPARENT), Some(TRACESTATE), None) => Propagation::W3c,
+            _ => Propagation::Other,
+        }
+    }
+
+    /// The context carried by a record's headers as librdkafka holds them,
+    /// read without copying them out; `None` without a propagator.
+    pub(crate) fn extract(self, headers: Option<&BorrowedHeaders>) -> Option<Context> {
+        let headers = match (self, headers) {
+            (Propagation::None, _) => return None,
+            (_, None) => return Some(Context::new()),
+            (_, Some(headers)) => headers,
+        };
+        if self == Propagation::W3c {
+            // One pass over the headers for both names; the last of each.
+            let (mut parent, mut state) = (None, None);
+            for i in 0..headers.count() {
+                let header = headers.get(i);
+                match header.key {
+                    TRACEPARENT => parent = header.value,
+                    TRACESTATE => state = header.value,
+                    _ => {}
+                }
+            }
+            let Some(parent) = parent else {
+                return Some(Context::new());
+            };
+            let state = state.and_then(|s| std::str::from_utf8(s).ok());
+            if let Some(sc) = w3c_span_context(parent, state) {
+                return Some(Context::new().with_remote_span_context(sc));
+            }
+        }
+        Some(global::get_text_map_propagator(|propagator| propagator.extract(&BorrowedExtractor(headers))))
+    }
 }
 
 const TRACEPARENT: &str = "traceparent";
@@ -44,9 +98,9 @@ const TRACESTATE: &str = "tracestate";
 
 /// The span context of a `traceparent` of version 00 in its exact form
 /// (`00-` 32 hex digits `-` 16 hex digits `-` 2 hex digits, lowercase) with
-/// valid ids; `None` for anything else, which the propagator then reads.
-fn w3c_span_context(extractor: &HeaderExtractor<'_>) -> Option<SpanContext> {
-    let value = extractor.get(TRACEPARENT)?.as_bytes();
+/// valid ids, and its `tracestate`; `None` for anything else, which the
+/// propagator then reads.
+fn w3c_span_context(value: &[u8], state: Option<&str>) -> Option<SpanContext> {
     if value.len() != 55 || !value.starts_with(b"00-") || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
@@ -56,7 +110,7 @@ fn w3c_span_context(extractor: &HeaderExtractor<'_>) -> Option<SpanContext> {
     if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
         return None;
     }
-    let state = extractor.get(TRACESTATE).map_or_else(TraceState::default, |s| s.parse().unwrap_or_default());
+    let state = state.map_or_else(TraceState::default, |s| s.parse().unwrap_or_default());
     Some(SpanContext::new(trace_id, span_id, flags, true, state))
 }
 
@@ -98,114 +152,6 @@ pub(crate) fn inject_current(headers: &mut Vec<Header>) {
     global::get_text_map_propagator(|propagator| propagator.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
-/// A span that makes `cx` the current OpenTelemetry context while it is
-/// entered, and nothing else: no subscriber sees it, no field is recorded,
-/// nothing is exported.
-///
-/// It is what a record whose trace is not sampled runs in. Built for the
-/// runtime's `Span::enter` and `Instrument`, it keeps the record's trace
-/// context current across every poll of the handler, so what the handler
-/// publishes carries it and the spans it opens join it, unsampled, at the
-/// cost of a map entry instead of a span for the application's subscriber.
-pub(crate) fn scope(cx: Context) -> Span {
-    static SCOPES: LazyLock<Dispatch> = LazyLock::new(|| Dispatch::new(ContextScopes::default()));
-    PENDING.with(|pending| *pending.borrow_mut() = Some(cx));
-    tracing::dispatcher::with_default(&SCOPES, || tracing::span!(target: SCOPE_TARGET, Level::ERROR, "trace_context"))
-}
-
-/// The target of [`scope`]'s spans; the only one [`ContextScopes`] takes.
-const SCOPE_TARGET: &str = "kafka_handler::trace_context";
-
-thread_local! {
-    /// The context of the scope being opened on this thread.
-    static PENDING: RefCell<Option<Context>> = const { RefCell::new(None) };
-    /// The scopes entered on this thread, innermost last.
-    static ENTERED: RefCell<Vec<(u64, ContextGuard)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The subscriber behind [`scope`]: each span holds a context, attached
-/// while the span is entered.
-#[derive(Debug, Default)]
-struct ContextScopes {
-    last: AtomicU64,
-    /// Each open scope's context and how many handles it has.
-    open: Mutex<FxHashMap<u64, (Context, usize)>>,
-}
-
-impl ContextScopes {
-    fn with_open<T>(&self, f: impl FnOnce(&mut FxHashMap<u64, (Context, usize)>) -> T) -> T {
-        f(&mut self.open.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl Subscriber for ContextScopes {
-    // Never interested in any other callsite, so the application's disabled
-    // events and spans stay disabled at no cost.
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if metadata.target() == SCOPE_TARGET { Interest::always() } else { Interest::never() }
-    }
-
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.target() == SCOPE_TARGET
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::ERROR)
-    }
-
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        let cx = PENDING.with(|pending| pending.borrow_mut().take()).unwrap_or_default();
-        let id = self.last.fetch_add(1, Ordering::Relaxed) + 1;
-        self.with_open(|open| open.insert(id, (cx, 1)));
-        Id::from_u64(id)
-    }
-
-    fn record(&self, _: &Id, _: &Values<'_>) {}
-
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-
-    fn event(&self, _: &Event<'_>) {}
-
-    fn enter(&self, span: &Id) {
-        let id = span.into_u64();
-        let Some(cx) = self.with_open(|open| open.get(&id).map(|(cx, _)| cx.clone())) else {
-            return;
-        };
-        let guard = cx.attach();
-        ENTERED.with(|entered| entered.borrow_mut().push((id, guard)));
-    }
-
-    fn exit(&self, span: &Id) {
-        let id = span.into_u64();
-        let guard = ENTERED.with(|entered| {
-            let mut entered = entered.borrow_mut();
-            let at = entered.iter().rposition(|(entered, _)| *entered == id)?;
-            Some(entered.remove(at))
-        });
-        drop(guard);
-    }
-
-    fn clone_span(&self, span: &Id) -> Id {
-        self.with_open(|open| {
-            if let Some((_, handles)) = open.get_mut(&span.into_u64()) {
-                *handles += 1;
-            }
-        });
-        span.clone()
-    }
-
-    fn try_close(&self, span: Id) -> bool {
-        let closed = self.with_open(|open| {
-            let id = span.into_u64();
-            let (_, handles) = open.get_mut(&id)?;
-            *handles -= 1;
-            if *handles == 0 { open.remove(&id) } else { None }
-        });
-        // The context is dropped outside the lock: its spans may end there.
-        closed.is_some()
-    }
-}
-
 struct HeaderExtractor<'a>(&'a [Header]);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -217,6 +163,21 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|h| h.name.as_str()).collect()
+    }
+}
+
+/// Reads headers where librdkafka keeps them.
+struct BorrowedExtractor<'a>(&'a BorrowedHeaders);
+
+impl Extractor for BorrowedExtractor<'_> {
+    /// The last header of that name, as [`HeaderExtractor`] reads it.
+    fn get(&self, key: &str) -> Option<&str> {
+        let header = (0..self.0.count()).rev().map(|i| self.0.get(i)).find(|h| h.key == key)?;
+        std::str::from_utf8(header.value?).ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key).collect()
     }
 }
 

@@ -71,7 +71,7 @@ impl InlineStart {
         self.untimed = (self.untimed + 1) % SAMPLE_EVERY;
         let began = (self.untimed == 0).then(Instant::now);
         let span = record_span::open(&record);
-        let entered = span.as_ref().map(tracing::Span::enter);
+        let entered = span.as_ref().map(record_span::Scope::enter);
         let mut call = self.service.call(record.clone());
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
         drop(entered);
@@ -109,9 +109,9 @@ impl InlineStart {
 }
 
 /// A record finished on its first poll: closes its span.
-fn finished(span: &Option<tracing::Span>, result: Result<(), HandlerError>) -> Option<HandlerError> {
+fn finished(span: &Option<record_span::Scope>, result: Result<(), HandlerError>) -> Option<HandlerError> {
     if let Some(span) = span {
-        record_span::close(span, &result);
+        span.close(&result);
     }
     result.err()
 }

@@ -1,6 +1,5 @@
 //! A lane runs the handler for records that must be handled one after another.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -11,9 +10,8 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tokio_mpsc};
-use tracing::{Instrument, Span};
 
-use super::record_span;
+use super::record_span::{self, Scope};
 use super::scheduler::{Completion, LaneId};
 use crate::handler::BoxHandlerFuture;
 use crate::metrics::Meters;
@@ -59,7 +57,7 @@ pub(crate) async fn run_lane(
     if let Some(Started { record, attempt, span }) = first {
         let offset = record.offset();
         let call = handle(&mut service, &in_flight, &backoff, &retired, record, Some(attempt));
-        let failure = traced(span, call).await.err();
+        let failure = Scope::run(span, call).await.err();
         finished.push((offset, failure));
         if rx.is_empty() && !report(&mut finished) {
             return;
@@ -72,7 +70,7 @@ pub(crate) async fn run_lane(
             }
             let offset = record.offset();
             let span = record_span::open(&record);
-            let call = traced(span, handle(&mut service, &in_flight, &backoff, &retired, record, None));
+            let call = Scope::run(span, handle(&mut service, &in_flight, &backoff, &retired, record, None));
             tokio::pin!(call);
             let failure = match futures::poll!(&mut call) {
                 Poll::Ready(result) => result.err(),
@@ -99,8 +97,9 @@ pub(crate) async fn run_lane(
 pub(crate) struct Started {
     pub(crate) record: Record,
     pub(crate) attempt: Attempt,
-    /// The record's span, opened when its first attempt started.
-    pub(crate) span: Option<Span>,
+    /// The record's span or trace context, opened when its first attempt
+    /// started.
+    pub(crate) span: Option<Scope>,
 }
 
 pub(crate) enum Attempt {
@@ -110,17 +109,6 @@ pub(crate) enum Attempt {
     Running(BoxHandlerFuture, Option<OwnedSemaphorePermit>, Instant),
     /// Failed with a retryable error.
     Failed(HandlerError),
-}
-
-/// Runs `call` in the record's `span`, if it has one, and records how it
-/// ended there.
-async fn traced(span: Option<Span>, call: impl Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
-    let Some(span) = span else {
-        return call.await;
-    };
-    let result = call.instrument(span.clone()).await;
-    record_span::close(&span, &result);
-    result
 }
 
 /// Runs the handler until the record succeeds or fails permanently, going on

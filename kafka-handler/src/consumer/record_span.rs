@@ -34,16 +34,73 @@ pub(crate) const TARGET: &str = "kafka_handler::record";
 #[derive(Clone, Debug)]
 pub(crate) struct EventIdOf(pub(crate) EventIdSource);
 
-/// Opens the span of `record`, if a subscriber wants it. With the
+/// What a record's handling runs in: its span, or, for a record whose trace
+/// the producer did not sample, only that trace's context.
+pub(crate) enum Scope {
+    Span(Span),
+    /// Made current while the handler runs, so that what it publishes
+    /// carries the trace on (unsampled) and the spans it opens join it.
+    #[cfg(feature = "trace-context")]
+    Context(opentelemetry::Context),
+}
+
+/// A [`Scope`] entered on this thread, until dropped.
+pub(crate) struct Entered<'a> {
+    _span: Option<tracing::span::Entered<'a>>,
+    #[cfg(feature = "trace-context")]
+    _context: Option<opentelemetry::ContextGuard>,
+}
+
+impl Scope {
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        match self {
+            Scope::Span(span) => Entered {
+                _span: Some(span.enter()),
+                #[cfg(feature = "trace-context")]
+                _context: None,
+            },
+            #[cfg(feature = "trace-context")]
+            Scope::Context(cx) => Entered { _span: None, _context: Some(cx.clone().attach()) },
+        }
+    }
+
+    /// Records how the handling ended, in the span if there is one.
+    pub(crate) fn close(&self, result: &Result<(), HandlerError>) {
+        match self {
+            Scope::Span(span) => close(span, result),
+            #[cfg(feature = "trace-context")]
+            Scope::Context(_) => {}
+        }
+    }
+
+    /// Runs `call` in the scope, if there is one, and records how it ended.
+    pub(crate) async fn run(
+        scope: Option<Scope>,
+        call: impl Future<Output = Result<(), HandlerError>>,
+    ) -> Result<(), HandlerError> {
+        match scope {
+            None => call.await,
+            Some(Scope::Span(span)) => {
+                let result = tracing::Instrument::instrument(call, span.clone()).await;
+                close(&span, &result);
+                result
+            }
+            #[cfg(feature = "trace-context")]
+            Some(Scope::Context(cx)) => opentelemetry::context::FutureExt::with_context(call, cx).await,
+        }
+    }
+}
+
+/// Opens the scope of `record`, if a subscriber wants its span. With the
 /// `trace-context` feature, the trace context in the record's headers is made
-/// its parent.
+/// the span's parent.
 #[inline]
-pub(crate) fn open(record: &Record) -> Option<Span> {
+pub(crate) fn open(record: &Record) -> Option<Scope> {
     if tracing::level_enabled!(Level::DEBUG) { open_span(record) } else { None }
 }
 
 #[inline(never)]
-fn open_span(record: &Record) -> Option<Span> {
+fn open_span(record: &Record) -> Option<Scope> {
     if !tracing::span_enabled!(target: TARGET, Level::DEBUG) {
         return None;
     }
@@ -52,7 +109,10 @@ fn open_span(record: &Record) -> Option<Span> {
     #[cfg(feature = "trace-context")]
     let _parent = {
         use opentelemetry::trace::TraceContextExt as _;
-        let cx = crate::trace_context::extract(record.headers());
+        let cx = match record.trace_parent() {
+            Some(cx) => cx.clone(),
+            None => crate::trace_context::extract(record.headers()),
+        };
         let unsampled = {
             let incoming = cx.span();
             incoming.span_context().is_valid() && !incoming.span_context().is_sampled()
@@ -60,11 +120,11 @@ fn open_span(record: &Record) -> Option<Span> {
         // The trace was not sampled upstream: no span to record, only its
         // context to carry on into what the handler publishes.
         if unsampled {
-            return Some(crate::trace_context::scope(cx));
+            return Some(Scope::Context(cx));
         }
         cx.attach()
     };
-    Some(recorded(record))
+    Some(Scope::Span(recorded(record)))
 }
 
 /// The span itself, its fields given as `&str` and integers where they can

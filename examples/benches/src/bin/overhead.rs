@@ -198,14 +198,19 @@ impl SpanExporter for DropSpans {
 
 /// Metrics to an in-memory exporter every second, record spans (and the W3C
 /// propagator) through the OpenTelemetry layer to [`DropSpans`] with the
-/// sampler `with` says, as `with` says; errors logged.
+/// sampler `with` says, as `with` says; errors logged. Without tracing, no
+/// propagator is set, so the runtime does not read trace context.
 fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
     let meters = SdkMeterProvider::builder()
         .with_reader(
             PeriodicReader::builder(InMemoryMetricExporter::default()).with_interval(Duration::from_secs(1)).build(),
         )
         .build();
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // Trace context is read only where it is asked for: rows without tracing
+    // run as a service that does not trace, with no propagator.
+    if with.tracing() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
     let tracer = SdkTracerProvider::builder().with_sampler(with.sampler()).with_batch_exporter(DropSpans).build();
     let level = if with.tracing() { LevelFilter::DEBUG } else { LevelFilter::OFF };
     let spans = Targets::new().with_target("kafka_handler::record", level);

@@ -138,10 +138,16 @@ pub(crate) struct Scheduler {
     inline: InlineStart,
     /// Whether anything may read records' headers: the service (any layer
     /// may; a bare handler may if one of its extractors does), the record
-    /// span (for the trace context or an event id in a header). If not, they
-    /// are not copied: librdkafka parses them on first access, allocating
-    /// even for a record without headers.
+    /// span (for an event id in a header). If not, they are not copied:
+    /// librdkafka parses them on first access, allocating even for a record
+    /// without headers.
     reads_headers: bool,
+    /// Whether a text-map propagator was set when the consumer started: each
+    /// record's trace context is then read where librdkafka holds the
+    /// headers, without copying them.
+    propagates: bool,
+    #[cfg(feature = "trace-context")]
+    propagation: crate::trace_context::Propagation,
     buffered: usize,
     max_buffered: usize,
     stopping: bool,
@@ -164,8 +170,10 @@ impl Scheduler {
             partitions: HashMap::default(),
             ordering: config.ordering,
             inline: InlineStart::new(config.lane.service.clone()),
+            propagates: propagates_context(),
+            #[cfg(feature = "trace-context")]
+            propagation: crate::trace_context::Propagation::current(),
             reads_headers: config.lane.service.reads_headers()
-                || propagates_context()
                 || matches!(
                     config.shared.get::<super::record_span::EventIdOf>(),
                     Some(super::record_span::EventIdOf(crate::dedup::EventIdSource::Header(_)))
@@ -237,14 +245,16 @@ impl Scheduler {
             // Fetched again after a pause or reassignment: already dispatched.
             return;
         }
-        let headers: Vec<Header> = match starter.reads_headers.then(|| msg.headers()).flatten() {
+        let borrowed = if starter.reads_headers || starter.propagates { msg.headers() } else { None };
+        let headers: Vec<Header> = match borrowed.filter(|_| starter.reads_headers) {
             Some(hs) => hs
                 .iter()
                 .map(|h| Header { name: h.key.to_owned(), value: h.value.map(Bytes::copy_from_slice) })
                 .collect(),
             None => Vec::new(),
         };
-        let record = Record::from_parts(
+        #[cfg_attr(not(feature = "trace-context"), allow(unused_mut))]
+        let mut record = Record::from_parts(
             Arc::clone(&state.topic),
             msg.partition(),
             msg.offset(),
@@ -253,6 +263,10 @@ impl Scheduler {
             headers,
             Arc::clone(starter.shared),
         );
+        #[cfg(feature = "trace-context")]
+        if let Some(cx) = starter.propagation.extract(borrowed) {
+            record.set_trace_parent(cx);
+        }
         let lane_key = match (starter.ordering, msg.key()) {
             (Ordering::Partition, _) => LaneKey::Partition,
             (Ordering::Key, Some(key)) => LaneKey::Key(key_hash(key)),
@@ -278,6 +292,9 @@ impl Scheduler {
             shared: &self.shared,
             ordering: self.ordering,
             reads_headers: self.reads_headers,
+            propagates: self.propagates,
+            #[cfg(feature = "trace-context")]
+            propagation: self.propagation,
         };
         (&mut self.partitions, starter)
     }
@@ -411,7 +428,7 @@ impl Scheduler {
 /// parent from the headers.
 fn propagates_context() -> bool {
     #[cfg(feature = "trace-context")]
-    return opentelemetry::global::get_text_map_propagator(|p| p.fields().next().is_some());
+    return crate::trace_context::Propagation::current() != crate::trace_context::Propagation::None;
     #[cfg(not(feature = "trace-context"))]
     false
 }
@@ -429,6 +446,9 @@ struct Starter<'a> {
     shared: &'a Arc<http::Extensions>,
     ordering: Ordering,
     reads_headers: bool,
+    propagates: bool,
+    #[cfg(feature = "trace-context")]
+    propagation: crate::trace_context::Propagation,
 }
 
 impl Starter<'_> {
