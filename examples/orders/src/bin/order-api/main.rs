@@ -15,6 +15,7 @@
 mod load;
 mod roles;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -47,6 +48,10 @@ struct Args {
     /// and workers' PostgreSQL sessions (0: everything at the same priority).
     #[arg(long, default_value_t = 19)]
     nice: i32,
+    /// Only the nice level: no idle CPU group for what stands in for other
+    /// hosts, even where one can be made.
+    #[arg(long)]
+    no_idle_group: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -135,7 +140,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("100 warm-up orders settled in {:.1} s", warm_up.elapsed().as_secs_f64());
 
     let since = orders::config::now_ms();
-    println!("POST /orders at {} orders/s for {} s …", args.rate, args.seconds);
+    let idle = if args.nice == 0 || args.no_idle_group { None } else { roles::IdleGroup::create().map(Arc::new) };
+    println!(
+        "POST /orders at {} orders/s for {} s; meanwhile what stands in for other hosts runs at nice {}{} …",
+        args.rate,
+        args.seconds,
+        args.nice,
+        match (&idle, args.nice == 0 || args.no_idle_group) {
+            (Some(_), _) => " in an idle CPU group",
+            (None, true) => "",
+            (None, false) => " (no idle CPU group could be made)",
+        }
+    );
     let api_pids = |api: u32| async move {
         let sessions: Vec<i32> =
             sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = 'orders-api'")
@@ -146,7 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (api_process, api_sessions) = api_pids(api_pid).await;
     let cpu_before = (roles::cpu_times(&api_process), roles::cpu_times(&api_sessions));
-    let lowered = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), args.nice));
+    let lowered = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), args.nice, idle.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let mut fast = load::fixed_rate(format!("{base}/orders"), args.rate, args.seconds).await?;
@@ -159,7 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         total.as_secs_f64() * 1e6 / fast.sent.max(1) as f64
     };
     let (api_cpu, pg_cpu) = (used(&cpu_before.0, &api_process), used(&cpu_before.1, &api_sessions));
-    let restored = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), 0));
+    let restored = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), 0, idle.clone()));
     let open = wait_settled(&db, Duration::from_secs(600)).await?;
     let drained_in = started.elapsed();
     let mut e2e = e2e_latencies(&db, since).await?;
@@ -210,11 +226,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps what stands in for other hosts at nice level `nice`: the roles
-/// `elsewhere`, the test bed's Kafka and Redis, and the PostgreSQL sessions of
-/// the relay and the workers (their pools open connections as they need
-/// them, so it looks every second).
-async fn keep_nice(database: String, elsewhere: Vec<u32>, nice: i32) {
+/// Keeps what stands in for other hosts at nice level `nice`, and in the
+/// idle CPU group if there is one and `nice` is not 0 (out of it if it is):
+/// the roles `elsewhere`, the test bed's Kafka and Redis, and the PostgreSQL
+/// sessions of the relay and the workers (their pools open connections as
+/// they need them, so it looks every second).
+async fn keep_nice(database: String, elsewhere: Vec<u32>, nice: i32, idle: Option<Arc<roles::IdleGroup>>) {
     let Ok(pool) = sqlx::PgPool::connect(&database).await else { return };
     loop {
         let sessions: Vec<i32> = sqlx::query_scalar(
@@ -225,10 +242,17 @@ async fn keep_nice(database: String, elsewhere: Vec<u32>, nice: i32) {
         .unwrap_or_default();
         let sessions: Vec<u32> = sessions.into_iter().map(|p| p as u32).collect();
         let elsewhere = elsewhere.clone();
+        let idle = idle.clone();
         tokio::task::spawn_blocking(move || {
+            let testbed = roles::testbed_pids();
             roles::set_nice(&elsewhere, nice, true);
-            roles::set_nice(&roles::testbed_pids(), nice, true);
+            roles::set_nice(&testbed, nice, true);
             roles::set_nice(&sessions, nice, false);
+            if let Some(group) = idle {
+                for pids in [&elsewhere, &testbed, &sessions] {
+                    group.set(pids, nice != 0);
+                }
+            }
         })
         .await
         .ok();

@@ -10,6 +10,12 @@
 //! (`setsid`), as a service does; where the kernel shares the CPU out by
 //! session (autogroup), the session's nice level is set too, since a
 //! thread's own level then only counts within its session.
+//!
+//! Where the benchmark may make a CPU cgroup (Linux 5.15 or later, as root),
+//! those processes also go into one marked `cpu.idle` ([`IdleGroup`]): a
+//! niced thread keeps the CPU until its time slice ends when the API or
+//! PostgreSQL wakes, an idle group's thread gives it up at once. A host of
+//! its own would not make the API wait at all.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -94,6 +100,58 @@ pub(crate) fn set_nice(pids: &[u32], nice: i32, sessions: bool) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// A CPU cgroup whose processes get only CPU time nothing else wants
+/// (`cpu.idle`); removed, its processes moved back, when dropped.
+#[derive(Debug)]
+pub(crate) struct IdleGroup {
+    dir: PathBuf,
+    parent: PathBuf,
+}
+
+impl IdleGroup {
+    /// Makes one in the cgroup v1 `cpu` hierarchy or in cgroup v2, if this
+    /// process may; `None` otherwise.
+    pub(crate) fn create() -> Option<Self> {
+        for parent in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
+            let parent = PathBuf::from(parent);
+            if !parent.join("cgroup.procs").exists() {
+                continue;
+            }
+            let dir = parent.join(format!("orders-bench-{}", std::process::id()));
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join("cpu.idle"), "1").is_ok() {
+                return Some(IdleGroup { dir, parent });
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+
+    /// Moves `pids` (each with all its threads) into the group, or with
+    /// `idle` false back out of it.
+    pub(crate) fn set(&self, pids: &[u32], idle: bool) {
+        let procs = if idle { self.dir.join("cgroup.procs") } else { self.parent.join("cgroup.procs") };
+        for pid in pids {
+            // A process that has exited meanwhile is no error.
+            let _ = std::fs::write(&procs, pid.to_string());
+        }
+    }
+}
+
+impl Drop for IdleGroup {
+    fn drop(&mut self) {
+        let pids: Vec<u32> = std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        self.set(&pids, false);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// The Kafka broker's and Redis' processes of the test bed (`$KH_TESTBED`).
