@@ -153,3 +153,67 @@ fn describe(settings: &Settings) -> String {
     let sim = settings.simulator_url.as_deref().map_or("in-process".to_owned(), str::to_owned);
     format!("{kafka}\ndatabase: {}\ndedup store: {redis}\nprovider simulator: {sim}", settings.database())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    const COMPOSE: &str = include_str!("../docker-compose.yml");
+
+    /// The `command:` of every service built from this binary, as JSON arrays.
+    fn commands() -> Vec<Vec<String>> {
+        COMPOSE
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("command: "))
+            .filter_map(|args| serde_json::from_str::<Vec<String>>(args).ok())
+            .filter(|args| args.first().is_some_and(|role| role != "redis-server"))
+            .collect()
+    }
+
+    /// Invariant: every role the compose file starts is one this binary
+    /// accepts, and every job it names exists (the file is not run here:
+    /// no container engine on the test machines).
+    #[test]
+    fn the_compose_files_roles_are_the_binarys() {
+        let commands = commands();
+        assert!(commands.len() >= 7, "expected the simulator, api, relay and workers, got {commands:?}");
+        let mut jobs_seen = Vec::new();
+        for args in &commands {
+            let cli = Cli::try_parse_from(std::iter::once("orders").chain(args.iter().map(String::as_str)))
+                .unwrap_or_else(|e| panic!("docker-compose.yml: `orders {}`: {e}", args.join(" ")));
+            if let Some(Role::Worker { jobs }) = cli.role {
+                for job in jobs {
+                    assert!(JOBS.contains(&job.as_str()), "docker-compose.yml names an unknown job {job}");
+                    jobs_seen.push(job);
+                }
+            }
+        }
+        jobs_seen.sort();
+        let mut all: Vec<String> = JOBS.iter().map(|j| (*j).to_owned()).collect();
+        all.sort();
+        assert_eq!(jobs_seen, all, "every job runs exactly once in docker-compose.yml (replicas aside)");
+    }
+
+    /// Invariant: every setting of this binary's the compose file sets is one
+    /// the binary reads from the environment.
+    #[test]
+    fn the_compose_files_settings_are_the_binarys() {
+        let known: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        let ours = ["ORDERS_", "SIM_", "SIMULATOR_", "DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"];
+        let set: Vec<&str> = COMPOSE
+            .split(['\n', '{', ',', '}'])
+            .filter_map(|part| part.split_once(':').map(|(key, _)| key.trim()))
+            .filter(|key| ours.iter().any(|p| key.starts_with(p)))
+            .collect();
+        assert!(set.len() >= 6, "found only {set:?}");
+        for key in set {
+            assert!(known.iter().any(|k| k == key), "docker-compose.yml sets {key}, which `orders` does not read");
+        }
+    }
+}
