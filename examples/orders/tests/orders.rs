@@ -119,6 +119,88 @@ async fn two_thousand_orders_with_provider_failures_and_sold_out_products_keep_e
     system.stop().await.unwrap();
 }
 
+/// Invariant: while the payment gateway is down, each order's charge is
+/// dead-lettered once its retries are spent, which cancels the order; its
+/// refund by key (the gateway may have charged before it failed) is
+/// dead-lettered too. Each dead letter gives exactly one error-log row and
+/// exactly one chat alert naming the order and the group. Once the gateway is
+/// back, re-driving the refunds with `kafka-handler dlt replay` settles every
+/// order: cancelled, stock released, nothing charged; 0 missing, 0 doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_outage_dead_letters_alerts_cancels_and_a_redrive_settles_every_order() {
+    let _serial = serial().await;
+    let mut run = run_config("dlt").await;
+    run.settings.retry_delays_ms = vec![200, 400, 800];
+    // Every payment request fails, four times per key: a charge and its
+    // refund each spend their four attempts (one and three retries), and
+    // the fifth (the re-driven refund) goes through.
+    run.simulator =
+        SimulatorConfig { payment_failure_rate: 1.0, max_failures_per_key: 4, ..SimulatorConfig::uniform(20, 0.0) };
+    let database = run.settings.database_url.clone().expect("PostgreSQL");
+    let orders = 40;
+    let system = System::start(run.settings, run.simulator, Parts::all()).await.expect("start");
+    let (payment, topics) = (system.settings.group("payment"), system.settings.topics());
+    let base = format!("http://{}", system.api_addr.unwrap());
+    let driven = drive(&base, &load(orders)).await.expect("drive");
+    assert_eq!((driven.order_ids.len(), driven.rejected), (orders, 0));
+
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    let logged = || async {
+        sqlx::query_as::<_, (String, String, String, String)>(
+            "SELECT order_id, consumer_group, dead_letter, error FROM error_log ORDER BY order_id, dead_letter",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    // Every charge and every refund dead-lettered and alerted.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (logged().await.len(), ledger(&system).alerts.len()) != (2 * orders, 2 * orders) {
+        assert!(Instant::now() < deadline, "dead letters: {:?}", logged().await.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM orders WHERE settled_at IS NULL GROUP BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, [("CANCELLED".to_owned(), orders as i64)], "cancelled, waiting for their refunds");
+    let rows = logged().await;
+    let alerts = ledger(&system).alerts;
+    let mut expected: Vec<String> = driven.order_ids.iter().flat_map(|id| [id.clone(), id.clone()]).collect();
+    expected.sort();
+    let mut logged_orders: Vec<String> = rows.iter().map(|(order, ..)| order.clone()).collect();
+    logged_orders.sort();
+    assert_eq!(logged_orders, expected, "one row per charge and one per refund of each order, 0 missing, 0 doubled");
+    for (order, group, dead_letter, error) in &rows {
+        assert_eq!(group, &payment, "order {order}: dead-lettered by {group}");
+        assert!(!error.is_empty(), "order {order}: the error is logged");
+        let from =
+            if dead_letter.contains(&format!("/{}/", topics.created)) { &topics.created } else { &topics.events };
+        let alerted = alerts
+            .iter()
+            .filter(|text| text.contains(&format!("order {order}:")) && text.contains(&format!("on {from} (")))
+            .count();
+        assert_eq!(alerted, 1, "order {order}, {from}: {alerted} alerts");
+        assert!(alerts.iter().any(|text| text.contains(&format!("order {order}:")) && text.contains(&payment)));
+    }
+
+    // The gateway is back (each key has had its four failures): re-drive
+    // the refunds to the payment group.
+    let bootstrap = bootstrap();
+    let dlt = format!("{}.dlt", topics.events);
+    let replay =
+        ["kafka-handler", "--bootstrap-servers", &bootstrap, "dlt", "replay", "--topic", &dlt, "--group", &payment];
+    assert_eq!(kafka_handler::cli::main(replay).await, std::process::ExitCode::SUCCESS);
+    assert_eq!(wait_settled(&system.db, Duration::from_secs(120)).await.unwrap(), 0, "orders still in flight");
+    let ledger = ledger(&system);
+    let a = audit(&system.db, &ledger).await.unwrap();
+    print_audit("dlt", &a, &ledger);
+    assert_promises(&a, orders);
+    assert_eq!((a.cancelled, a.payments, a.refunds, a.dead_letters), (orders as u64, 0, 0, 2 * orders as u64));
+    system.stop().await.unwrap();
+}
+
 /// The `orders` binary running one role.
 struct Worker(Child);
 
