@@ -65,10 +65,7 @@ pub(super) fn run(
             next = consumer.poll(Duration::ZERO);
         }
         if !batch.is_empty() {
-            let mut scheduler = context.scheduler();
-            for message in batch.drain(..) {
-                scheduler.dispatch(&message);
-            }
+            context.scheduler().dispatch(&mut batch);
         }
     }
     shutdown(consumer, shutdown_timeout);

@@ -91,6 +91,13 @@ impl Scope {
     }
 }
 
+/// Whether a subscriber wants record spans: one inlined level check while
+/// `DEBUG` is off.
+#[inline]
+pub(crate) fn wanted() -> bool {
+    tracing::level_enabled!(Level::DEBUG) && tracing::span_enabled!(target: TARGET, Level::DEBUG)
+}
+
 /// Opens the scope of `record`, if a subscriber wants its span. With the
 /// `trace-context` feature, the trace context in the record's headers is made
 /// the span's parent.

@@ -228,8 +228,18 @@ impl Scheduler {
         }
     }
 
-    /// Hands a polled record to its lane.
-    pub(crate) fn dispatch(&mut self, msg: &BorrowedMessage<'_>) {
+    /// Hands polled records to their lanes, in order, draining `batch`.
+    pub(crate) fn dispatch(&mut self, batch: &mut Vec<BorrowedMessage<'_>>) {
+        // The trace context is read only for a record span's parent, so only
+        // while a subscriber wants record spans; asked once a batch.
+        let context = self.propagates && super::record_span::wanted();
+        for msg in batch.drain(..) {
+            self.dispatch_one(&msg, context);
+        }
+    }
+
+    /// Hands a polled record to its lane, with its trace context if `context`.
+    fn dispatch_one(&mut self, msg: &BorrowedMessage<'_>, context: bool) {
         let (partitions, mut starter) = self.split();
         let Some(state) = partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition())) else {
             // Not stored, so the record is read again by whoever owns the partition.
@@ -245,7 +255,7 @@ impl Scheduler {
             // Fetched again after a pause or reassignment: already dispatched.
             return;
         }
-        let borrowed = if starter.reads_headers || starter.propagates { msg.headers() } else { None };
+        let borrowed = if starter.reads_headers || context { msg.headers() } else { None };
         let headers: Vec<Header> = match borrowed.filter(|_| starter.reads_headers) {
             Some(hs) => hs
                 .iter()
@@ -264,7 +274,7 @@ impl Scheduler {
             Arc::clone(starter.shared),
         );
         #[cfg(feature = "trace-context")]
-        if let Some(cx) = starter.propagation.extract(borrowed) {
+        if context && let Some(cx) = starter.propagation.extract(borrowed) {
             record.set_trace_parent(cx);
         }
         let lane_key = match (starter.ordering, msg.key()) {
@@ -292,7 +302,6 @@ impl Scheduler {
             shared: &self.shared,
             ordering: self.ordering,
             reads_headers: self.reads_headers,
-            propagates: self.propagates,
             #[cfg(feature = "trace-context")]
             propagation: self.propagation,
         };
@@ -446,7 +455,6 @@ struct Starter<'a> {
     shared: &'a Arc<http::Extensions>,
     ordering: Ordering,
     reads_headers: bool,
-    propagates: bool,
     #[cfg(feature = "trace-context")]
     propagation: crate::trace_context::Propagation,
 }
