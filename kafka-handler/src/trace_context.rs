@@ -249,6 +249,28 @@ mod tests {
 
     /// Invariant: the fast path reads a `traceparent` exactly as the W3C
     /// propagator does, and leaves what it does not take to it.
+    /// Invariant: the runtime parses trace context itself only for the W3C
+    /// propagator alone; any other (a composite one with W3C in it included)
+    /// reads the headers itself, and without one nothing is read.
+    #[test]
+    fn the_propagator_decides_how_context_is_read() {
+        use opentelemetry::propagation::TextMapCompositePropagator;
+        use opentelemetry::trace::noop::NoopTextMapPropagator;
+        use opentelemetry_sdk::propagation::BaggagePropagator;
+
+        assert_eq!(Propagation::of(&TraceContextPropagator::new()), Propagation::W3c);
+        assert_eq!(Propagation::of(&NoopTextMapPropagator::new()), Propagation::None);
+        assert_eq!(Propagation::of(&BaggagePropagator::new()), Propagation::Other);
+        let composite = TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        assert_eq!(Propagation::of(&composite), Propagation::Other);
+        assert!(Propagation::None.extract(None).is_none());
+        let empty = Propagation::W3c.extract(None).expect("a context");
+        assert!(!empty.span().span_context().is_valid());
+    }
+
     #[test]
     fn the_fast_path_agrees_with_the_propagator() {
         global::set_text_map_propagator(TraceContextPropagator::new());
