@@ -93,6 +93,7 @@ impl Scope {
 
 /// Whether a subscriber wants record spans: one inlined level check while
 /// `DEBUG` is off.
+#[cfg(feature = "trace-context")]
 #[inline]
 pub(crate) fn wanted() -> bool {
     tracing::level_enabled!(Level::DEBUG) && tracing::span_enabled!(target: TARGET, Level::DEBUG)

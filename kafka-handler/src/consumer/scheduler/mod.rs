@@ -142,10 +142,9 @@ pub(crate) struct Scheduler {
     /// librdkafka parses them on first access, allocating even for a record
     /// without headers.
     reads_headers: bool,
-    /// Whether a text-map propagator was set when the consumer started: each
-    /// record's trace context is then read where librdkafka holds the
-    /// headers, without copying them.
-    propagates: bool,
+    /// How records' trace context is read, from the text-map propagator set
+    /// when the consumer started: where librdkafka holds the headers,
+    /// without copying them.
     #[cfg(feature = "trace-context")]
     propagation: crate::trace_context::Propagation,
     buffered: usize,
@@ -170,7 +169,6 @@ impl Scheduler {
             partitions: HashMap::default(),
             ordering: config.ordering,
             inline: InlineStart::new(config.lane.service.clone()),
-            propagates: propagates_context(),
             #[cfg(feature = "trace-context")]
             propagation: crate::trace_context::Propagation::current(),
             reads_headers: config.lane.service.reads_headers()
@@ -232,7 +230,10 @@ impl Scheduler {
     pub(crate) fn dispatch(&mut self, batch: &mut Vec<BorrowedMessage<'_>>) {
         // The trace context is read only for a record span's parent, so only
         // while a subscriber wants record spans; asked once a batch.
-        let context = self.propagates && super::record_span::wanted();
+        #[cfg(feature = "trace-context")]
+        let context = self.propagation != crate::trace_context::Propagation::None && super::record_span::wanted();
+        #[cfg(not(feature = "trace-context"))]
+        let context = false;
         for msg in batch.drain(..) {
             self.dispatch_one(&msg, context);
         }
@@ -431,15 +432,6 @@ impl Scheduler {
             tracing::warn!(error = %e, "could not commit offsets of revoked partitions");
         }
     }
-}
-
-/// Whether a trace-context propagator is set, whose record spans take their
-/// parent from the headers.
-fn propagates_context() -> bool {
-    #[cfg(feature = "trace-context")]
-    return crate::trace_context::Propagation::current() != crate::trace_context::Propagation::None;
-    #[cfg(not(feature = "trace-context"))]
-    false
 }
 
 /// Starts records: on the polling thread when their lane is idle, else in
