@@ -140,16 +140,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("100 warm-up orders settled in {:.1} s", warm_up.elapsed().as_secs_f64());
 
     let since = orders::config::now_ms();
-    let idle = if args.nice == 0 || args.no_idle_group { None } else { roles::IdleGroup::create().map(Arc::new) };
+    let wants_group = args.nice != 0 && !args.no_idle_group;
+    let idle = if wants_group { roles::IdleGroup::create().map(Arc::new) } else { None };
     println!(
         "POST /orders at {} orders/s for {} s; meanwhile what stands in for other hosts runs at nice {}{} …",
         args.rate,
         args.seconds,
         args.nice,
-        match (&idle, args.nice == 0 || args.no_idle_group) {
+        match (&idle, wants_group) {
             (Some(_), _) => " in an idle CPU group",
-            (None, true) => "",
-            (None, false) => " (no idle CPU group could be made)",
+            (None, false) => "",
+            (None, true) => " (no idle CPU group could be made)",
         }
     );
     let api_pids = |api: u32| async move {
