@@ -8,8 +8,8 @@
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, global};
-use rdkafka::message::{BorrowedHeaders, Headers as _};
 
+use crate::consumer::fetch::RawHeaders;
 use crate::record::Header;
 
 /// The context carried by `headers`; an empty one when there is none.
@@ -64,7 +64,7 @@ impl Propagation {
 
     /// The context carried by a record's headers as librdkafka holds them,
     /// read without copying them out; `None` without a propagator.
-    pub(crate) fn extract(self, headers: Option<&BorrowedHeaders>) -> Option<Context> {
+    pub(crate) fn extract(self, headers: Option<RawHeaders<'_>>) -> Option<Context> {
         let headers = match (self, headers) {
             (Propagation::None, _) => return None,
             (_, None) => return Some(Context::new()),
@@ -73,11 +73,10 @@ impl Propagation {
         if self == Propagation::W3c {
             // One pass over the headers for both names; the last of each.
             let (mut parent, mut state) = (None, None);
-            for i in 0..headers.count() {
-                let header = headers.get(i);
-                match header.key {
-                    TRACEPARENT => parent = header.value,
-                    TRACESTATE => state = header.value,
+            for (name, value) in headers.iter() {
+                match name {
+                    TRACEPARENT => parent = value,
+                    TRACESTATE => state = value,
                     _ => {}
                 }
             }
@@ -167,17 +166,17 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// Reads headers where librdkafka keeps them.
-struct BorrowedExtractor<'a>(&'a BorrowedHeaders);
+struct BorrowedExtractor<'a>(RawHeaders<'a>);
 
 impl Extractor for BorrowedExtractor<'_> {
     /// The last header of that name, as [`HeaderExtractor`] reads it.
     fn get(&self, key: &str) -> Option<&str> {
-        let header = (0..self.0.count()).rev().map(|i| self.0.get(i)).find(|h| h.key == key)?;
-        std::str::from_utf8(header.value?).ok()
+        let (_, value) = self.0.iter().rev().find(|(name, _)| *name == key)?;
+        std::str::from_utf8(value?).ok()
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|h| h.key).collect()
+        self.0.iter().map(|(name, _)| name).collect()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The consumer runtime: runs a handler in a consumer group, at least once.
 
 mod builder;
+pub(crate) mod fetch;
 mod health;
 mod inline;
 mod lane;
@@ -148,7 +149,13 @@ impl Consumer {
         if !self.to_create.is_empty() {
             topics::create_derived(&self.config, &self.to_create).await?;
         }
-        let context = RuntimeContext { scheduler, revoke_timeout: self.revoke_timeout, observed };
+        let context = RuntimeContext {
+            scheduler,
+            revoke_timeout: self.revoke_timeout,
+            observed,
+            wake: Arc::default(),
+            fetch: Mutex::default(),
+        };
         let consumer: BaseConsumer<RuntimeContext> = self.config.to_client_config().create_with_context(context)?;
         let consumer = Arc::new(consumer);
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
@@ -216,11 +223,30 @@ pub(crate) struct RuntimeContext {
     scheduler: Arc<Mutex<Scheduler>>,
     revoke_timeout: Duration,
     pub(crate) observed: Arc<Observed>,
+    /// Unparks the polling thread when librdkafka has something for it.
+    pub(crate) wake: Arc<fetch::Wake>,
+    /// Where assigned partitions' records go, while the polling thread runs.
+    fetch: Mutex<Option<Arc<fetch::FetchQueue>>>,
 }
 
 impl RuntimeContext {
     pub(crate) fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
         self.scheduler.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forwards partitions assigned from now on to `fetch`, until the guard
+    /// is dropped; then `fetch` is released (it must go before the consumer).
+    pub(crate) fn install_fetch(&self, fetch: Arc<fetch::FetchQueue>) -> impl Drop + '_ {
+        *self.fetch.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetch);
+        Uninstall(self)
+    }
+}
+
+struct Uninstall<'a>(&'a RuntimeContext);
+
+impl Drop for Uninstall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
@@ -250,7 +276,12 @@ impl ConsumerContext for RuntimeContext {
                 let deadline = Instant::now() + self.revoke_timeout;
                 self.scheduler().revoke(consumer, tpl, deadline);
             }
-            Rebalance::Assign(_) => {}
+            // Before librdkafka starts fetching them.
+            Rebalance::Assign(tpl) => {
+                if let Some(fetch) = &*self.fetch.lock().unwrap_or_else(PoisonError::into_inner) {
+                    fetch.forward(tpl);
+                }
+            }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
         }
     }

@@ -4,12 +4,15 @@
 //! is paused, so the consumer never exceeds `max.poll.interval.ms` and
 //! rebalances are served promptly.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
 
 use super::RuntimeContext;
+use super::fetch::{FetchQueue, Fetched, Polled};
 use crate::Error;
 
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -22,7 +25,16 @@ pub(super) fn run(
     shutdown_timeout: Duration,
 ) -> Result<(), Error> {
     let context = consumer.context();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    context.wake.register();
+    // Records of assigned partitions arrive here; the main queue keeps the
+    // rest (see `fetch`). Installed before the first rebalance is served,
+    // removed (and destroyed) before the consumer is.
+    let fetch = FetchQueue::new(consumer, Arc::clone(&context.wake))
+        .map(Arc::new)
+        .ok_or_else(|| Error::Runtime("the consumer has no group queue".into()))?;
+    let _installed = context.install_fetch(Arc::clone(&fetch));
+    let mut polled = Vec::with_capacity(MAX_BATCH);
+    let mut fetched = Vec::with_capacity(MAX_BATCH);
     loop {
         let (timeout, room) = {
             let mut scheduler = context.scheduler();
@@ -43,32 +55,55 @@ pub(super) fn run(
         if stop.load(Ordering::Acquire) {
             break;
         }
-        // Take what librdkafka already has, up to the room left, and dispatch
-        // it under one lock. The scheduler is not locked while polling:
-        // rebalance callbacks run inside `poll` and need it.
-        let mut next = consumer.poll(timeout);
-        while let Some(result) = next {
+        // The main queue first: rebalances (their callbacks run inside `poll`
+        // and lock the scheduler, so it is not locked here), errors, and any
+        // record of a partition not forwarded.
+        let mut served = false;
+        while let Some(result) = consumer.poll(Duration::ZERO) {
+            served = true;
             match result {
-                Ok(message) => batch.push(message),
-                Err(e) => {
-                    if let Some((code, reason)) = consumer.client().fatal_error() {
-                        tracing::error!(?code, %reason, "fatal consumer error");
-                        return Err(Error::Kafka(e));
-                    }
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
-                }
+                Ok(message) => polled.push(message),
+                Err(e) => consumer_error(consumer, e)?,
             }
-            if batch.len() >= room {
+            if polled.len() >= room {
                 break;
             }
-            next = consumer.poll(Duration::ZERO);
         }
-        if !batch.is_empty() {
-            context.scheduler().dispatch(&mut batch);
+        if !polled.is_empty() {
+            context.scheduler().dispatch(polled.iter().map(Polled::borrowed));
+            polled.clear();
         }
+        // Then what librdkafka already has of the assigned partitions, up to
+        // the room left, dispatched under one lock.
+        fetch.take(room, &mut fetched);
+        if fetched.is_empty() {
+            // Nothing on either queue: wait until librdkafka has something
+            // (it unparks this thread) or the scheduler has work.
+            if !served && fetch.is_idle() {
+                std::thread::park_timeout(timeout);
+            }
+            continue;
+        }
+        for message in &fetched {
+            if let Some(e) = message.view().error() {
+                consumer_error(consumer, e)?;
+            }
+        }
+        context.scheduler().dispatch(fetched.iter().map(Fetched::view).filter(|m| m.error().is_none()));
+        // Freed outside the scheduler's lock.
+        fetched.clear();
     }
     shutdown(consumer, shutdown_timeout);
+    Ok(())
+}
+
+/// Logs a consumer error; fails if it is fatal.
+fn consumer_error(consumer: &BaseConsumer<RuntimeContext>, e: KafkaError) -> Result<(), Error> {
+    if let Some((code, reason)) = consumer.client().fatal_error() {
+        tracing::error!(?code, %reason, "fatal consumer error");
+        return Err(Error::Kafka(e));
+    }
+    tracing::warn!(error = %e, "consumer error");
     Ok(())
 }
 

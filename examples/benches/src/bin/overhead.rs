@@ -15,7 +15,9 @@
 //! sampler on records without trace context, where each record is a root.
 //! Then the peak RSS of a process draining the whole backlog with the runtime.
 //!
-//! `scripts/bench overhead [--events N] [--rounds R]`
+//! `scripts/bench overhead [--events N] [--rounds R]`; to profile one side
+//! on a loaded topic: `overhead --baseline-probe TOPIC` (the tuned loop),
+//! `overhead --instrumented-probe TOPIC --with none` (the runtime).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -38,6 +40,7 @@ struct Args {
     events: u64,
     rounds: usize,
     rss_probe: Option<String>,
+    baseline_probe: Option<String>,
     instrumented_probe: Option<String>,
     with: Instrumentation,
 }
@@ -100,14 +103,21 @@ impl Instrumentation {
 const SAMPLED: f64 = 0.01;
 
 fn args() -> Args {
-    let mut a =
-        Args { events: 1_000_000, rounds: 3, rss_probe: None, instrumented_probe: None, with: Instrumentation::Both };
+    let mut a = Args {
+        events: 1_000_000,
+        rounds: 3,
+        rss_probe: None,
+        baseline_probe: None,
+        instrumented_probe: None,
+        with: Instrumentation::Both,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--events" => a.events = it.next().and_then(|v| v.parse().ok()).expect("--events N"),
             "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds R"),
             "--rss-probe" => a.rss_probe = it.next(),
+            "--baseline-probe" => a.baseline_probe = it.next(),
             "--instrumented-probe" => a.instrumented_probe = it.next(),
             "--with" => {
                 let name = it.next().expect("--with NAME");
@@ -253,6 +263,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(topic) = args.baseline_probe {
+        // The tuned loop alone in this process, to profile it.
+        let cpu = cpu_seconds();
+        let eps = baseline(&bootstrap, &topic, args.events, true)?;
+        let cpu_us = (cpu_seconds() - cpu) * 1e6 / args.events as f64;
+        println!("{eps:.0} {cpu_us:.2}");
+        return Ok(());
+    }
     if let Some(topic) = args.rss_probe {
         let eps = runtime(&bootstrap, &topic, args.events, None).await?;
         eprintln!("{eps:.0} events/s");

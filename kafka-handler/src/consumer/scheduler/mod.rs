@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc as tokio_mpsc;
 
@@ -23,6 +22,7 @@ mod backpressure;
 mod due;
 mod observe;
 
+use super::fetch::Polled;
 use super::inline::InlineStart;
 use super::lane::{LaneConfig, run_lane};
 use super::offsets::OffsetTracker;
@@ -226,21 +226,21 @@ impl Scheduler {
         }
     }
 
-    /// Hands polled records to their lanes, in order, draining `batch`.
-    pub(crate) fn dispatch(&mut self, batch: &mut Vec<BorrowedMessage<'_>>) {
+    /// Hands polled records to their lanes, in order.
+    pub(crate) fn dispatch<'m>(&mut self, batch: impl IntoIterator<Item = Polled<'m>>) {
         // The trace context is read only for a record span's parent, so only
         // while a subscriber wants record spans; asked once a batch.
         #[cfg(feature = "trace-context")]
         let context = self.propagation != crate::trace_context::Propagation::None && super::record_span::wanted();
         #[cfg(not(feature = "trace-context"))]
         let context = false;
-        for msg in batch.drain(..) {
-            self.dispatch_one(&msg, context);
+        for msg in batch {
+            self.dispatch_one(msg, context);
         }
     }
 
     /// Hands a polled record to its lane, with its trace context if `context`.
-    fn dispatch_one(&mut self, msg: &BorrowedMessage<'_>, context: bool) {
+    fn dispatch_one(&mut self, msg: Polled<'_>, context: bool) {
         let (partitions, mut starter) = self.split();
         let Some(state) = partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition())) else {
             // Not stored, so the record is read again by whoever owns the partition.
@@ -260,7 +260,7 @@ impl Scheduler {
         let headers: Vec<Header> = match borrowed.filter(|_| starter.reads_headers) {
             Some(hs) => hs
                 .iter()
-                .map(|h| Header { name: h.key.to_owned(), value: h.value.map(Bytes::copy_from_slice) })
+                .map(|(name, value)| Header { name: name.to_owned(), value: value.map(Bytes::copy_from_slice) })
                 .collect(),
             None => Vec::new(),
         };
@@ -269,7 +269,7 @@ impl Scheduler {
             Arc::clone(&state.topic),
             msg.partition(),
             msg.offset(),
-            msg.timestamp().to_millis(),
+            msg.timestamp(),
             KeyAndPayload::new(msg.key(), msg.payload()),
             headers,
             Arc::clone(starter.shared),
