@@ -211,6 +211,11 @@ impl<'a> Polled<'a> {
         name.to_str().unwrap_or_default()
     }
 
+    /// Whether both are of the same topic handle (so of the same topic).
+    pub(crate) fn same_topic(self, other: Polled<'_>) -> bool {
+        std::ptr::eq(self.0.rkt, other.0.rkt)
+    }
+
     pub(crate) fn partition(self) -> i32 {
         self.0.partition
     }

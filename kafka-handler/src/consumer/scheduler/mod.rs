@@ -234,60 +234,26 @@ impl Scheduler {
         let context = self.propagation != crate::trace_context::Propagation::None && super::record_span::wanted();
         #[cfg(not(feature = "trace-context"))]
         let context = false;
-        for msg in batch {
-            self.dispatch_one(msg, context);
+        let mut batch = batch.into_iter().peekable();
+        while let Some(first) = batch.next() {
+            let (partitions, mut starter) = self.split();
+            let Some(state) = partitions.get_mut(first.topic()).and_then(|t| t.get_mut(&first.partition())) else {
+                // Not stored, so the record is read again by whoever owns the partition.
+                tracing::warn!(
+                    topic = first.topic(),
+                    partition = first.partition(),
+                    offset = first.offset(),
+                    "record for a partition this consumer does not track; leaving it uncommitted"
+                );
+                continue;
+            };
+            // librdkafka hands out a partition's records in runs: the rest of
+            // the run goes to the same state without looking it up.
+            dispatch_one(state, &mut starter, first, context);
+            while let Some(msg) = batch.next_if(|m| m.partition() == first.partition() && m.same_topic(first)) {
+                dispatch_one(state, &mut starter, msg, context);
+            }
         }
-    }
-
-    /// Hands a polled record to its lane, with its trace context if `context`.
-    fn dispatch_one(&mut self, msg: Polled<'_>, context: bool) {
-        let (partitions, mut starter) = self.split();
-        let Some(state) = partitions.get_mut(msg.topic()).and_then(|t| t.get_mut(&msg.partition())) else {
-            // Not stored, so the record is read again by whoever owns the partition.
-            tracing::warn!(
-                topic = msg.topic(),
-                partition = msg.partition(),
-                offset = msg.offset(),
-                "record for a partition this consumer does not track; leaving it uncommitted"
-            );
-            return;
-        };
-        if state.tracker.last_dispatched().is_some_and(|last| msg.offset() <= last) {
-            // Fetched again after a pause or reassignment: already dispatched.
-            return;
-        }
-        let borrowed = if starter.reads_headers || context { msg.headers() } else { None };
-        let headers: Vec<Header> = match borrowed.filter(|_| starter.reads_headers) {
-            Some(hs) => hs
-                .iter()
-                .map(|(name, value)| Header { name: name.to_owned(), value: value.map(Bytes::copy_from_slice) })
-                .collect(),
-            None => Vec::new(),
-        };
-        #[cfg_attr(not(feature = "trace-context"), allow(unused_mut))]
-        let mut record = Record::from_parts(
-            Arc::clone(&state.topic),
-            msg.partition(),
-            msg.offset(),
-            msg.timestamp(),
-            KeyAndPayload::new(msg.key(), msg.payload()),
-            headers,
-            Arc::clone(starter.shared),
-        );
-        #[cfg(feature = "trace-context")]
-        if context && let Some(cx) = starter.propagation.extract(borrowed) {
-            record.set_trace_parent(cx);
-        }
-        let lane_key = match (starter.ordering, msg.key()) {
-            (Ordering::Partition, _) => LaneKey::Partition,
-            (Ordering::Key, Some(key)) => LaneKey::Key(key_hash(key)),
-            (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
-        };
-        #[cfg(feature = "retry-topic")]
-        let Some((record, lane_key)) = due::hold(state, &mut starter, record, lane_key) else {
-            return;
-        };
-        starter.start(state, record, lane_key);
     }
 
     /// The partitions, and what starting a record needs, borrowed apart.
@@ -432,6 +398,47 @@ impl Scheduler {
             tracing::warn!(error = %e, "could not commit offsets of revoked partitions");
         }
     }
+}
+
+/// Hands a polled record of `state`'s partition to its lane, with its trace
+/// context if `context`.
+fn dispatch_one(state: &mut PartitionState, starter: &mut Starter<'_>, msg: Polled<'_>, context: bool) {
+    if state.tracker.last_dispatched().is_some_and(|last| msg.offset() <= last) {
+        // Fetched again after a pause or reassignment: already dispatched.
+        return;
+    }
+    let borrowed = if starter.reads_headers || context { msg.headers() } else { None };
+    let headers: Vec<Header> = match borrowed.filter(|_| starter.reads_headers) {
+        Some(hs) => hs
+            .iter()
+            .map(|(name, value)| Header { name: name.to_owned(), value: value.map(Bytes::copy_from_slice) })
+            .collect(),
+        None => Vec::new(),
+    };
+    #[cfg_attr(not(feature = "trace-context"), allow(unused_mut))]
+    let mut record = Record::from_parts(
+        Arc::clone(&state.topic),
+        msg.partition(),
+        msg.offset(),
+        msg.timestamp(),
+        KeyAndPayload::new(msg.key(), msg.payload()),
+        headers,
+        Arc::clone(starter.shared),
+    );
+    #[cfg(feature = "trace-context")]
+    if context && let Some(cx) = starter.propagation.extract(borrowed) {
+        record.set_trace_parent(cx);
+    }
+    let lane_key = match (starter.ordering, msg.key()) {
+        (Ordering::Partition, _) => LaneKey::Partition,
+        (Ordering::Key, Some(key)) => LaneKey::Key(key_hash(key)),
+        (Ordering::Key, None) | (Ordering::Unordered, _) => LaneKey::Record(msg.offset()),
+    };
+    #[cfg(feature = "retry-topic")]
+    let Some((record, lane_key)) = due::hold(state, starter, record, lane_key) else {
+        return;
+    };
+    starter.start(state, record, lane_key);
 }
 
 /// Starts records: on the polling thread when their lane is idle, else in
