@@ -50,11 +50,10 @@ impl Wake {
     }
 }
 
-/// The queue the records of every assigned partition are forwarded to.
-/// Must be dropped before its consumer.
-#[derive(Debug)]
-pub(crate) struct FetchQueue {
-    rk: NonNull<rdsys::rd_kafka_t>,
+/// The queue the records of every assigned partition are forwarded to. It
+/// holds its consumer, so that it is always released first.
+pub(crate) struct FetchQueue<C: ConsumerContext + 'static> {
+    consumer: Arc<BaseConsumer<C>>,
     queue: NonNull<rdsys::rd_kafka_queue_t>,
     /// The consumer's main queue, which rust-rdkafka's `poll` serves.
     main: NonNull<rdsys::rd_kafka_queue_t>,
@@ -62,22 +61,29 @@ pub(crate) struct FetchQueue {
     _wake: Arc<Wake>,
 }
 
-// SAFETY: librdkafka's client and queue handles may be used from any thread.
-unsafe impl Send for FetchQueue {}
+// SAFETY: librdkafka's queue handles may be used from any thread, and the
+// consumer is `Send` and `Sync`.
+unsafe impl<C: ConsumerContext> Send for FetchQueue<C> {}
 // SAFETY: as above; every method only calls thread-safe librdkafka functions.
-unsafe impl Sync for FetchQueue {}
+unsafe impl<C: ConsumerContext> Sync for FetchQueue<C> {}
 
-impl FetchQueue {
+impl<C: ConsumerContext> std::fmt::Debug for FetchQueue<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchQueue").field("queue", &self.queue).finish_non_exhaustive()
+    }
+}
+
+impl<C: ConsumerContext> FetchQueue<C> {
     /// A new queue of `consumer`'s, which unparks through `wake` when it or
     /// the consumer's main queue turns non-empty. `None` for a consumer
     /// without a group.
-    pub(crate) fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>, wake: Arc<Wake>) -> Option<Self> {
-        let rk = NonNull::new(consumer.client().native_ptr())?;
-        // SAFETY: `rk` is a live client; the queues are released in `drop`,
-        // before the consumer (the caller's duty, see the type's docs).
-        let main = NonNull::new(unsafe { rdsys::rd_kafka_queue_get_consumer(rk.as_ptr()) })?;
+    pub(crate) fn new(consumer: Arc<BaseConsumer<C>>, wake: Arc<Wake>) -> Option<Self> {
+        let rk = consumer.client().native_ptr();
+        // SAFETY: a live client, which `self` keeps alive; the queues are
+        // released in `drop`.
+        let main = NonNull::new(unsafe { rdsys::rd_kafka_queue_get_consumer(rk) })?;
         // SAFETY: as above.
-        let queue = NonNull::new(unsafe { rdsys::rd_kafka_queue_new(rk.as_ptr()) }).expect("librdkafka allocates");
+        let queue = NonNull::new(unsafe { rdsys::rd_kafka_queue_new(rk) }).expect("librdkafka allocates");
         for q in [queue, main] {
             // SAFETY: the opaque points into `wake`, which this value keeps
             // alive until `drop` has disabled the callbacks.
@@ -85,7 +91,7 @@ impl FetchQueue {
                 rdsys::rd_kafka_queue_cb_event_enable(q.as_ptr(), Some(wake_up), Arc::as_ptr(&wake) as *mut c_void);
             }
         }
-        Some(FetchQueue { rk, queue, main, _wake: wake })
+        Some(FetchQueue { consumer, queue, main, _wake: wake })
     }
 
     /// Sends the records of `tpl`'s partitions here from now on; called
@@ -99,7 +105,11 @@ impl FetchQueue {
             // returned handle is the partition's fetch queue, released right
             // after the forward, which persists in librdkafka.
             unsafe {
-                let partition = rdsys::rd_kafka_queue_get_partition(self.rk.as_ptr(), topic.as_ptr(), elem.partition());
+                let partition = rdsys::rd_kafka_queue_get_partition(
+                    self.consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    elem.partition(),
+                );
                 if partition.is_null() {
                     tracing::warn!(topic = elem.topic(), partition = elem.partition(), "no fetch queue for partition");
                     continue;
@@ -137,11 +147,11 @@ impl FetchQueue {
     }
 }
 
-impl Drop for FetchQueue {
+impl<C: ConsumerContext> Drop for FetchQueue<C> {
     fn drop(&mut self) {
         // SAFETY: the callback is disabled under the queue's lock, so it is
-        // not running when `wake` may be freed after this; the queue and the
-        // consumer are still alive.
+        // not running when `wake` may be freed after this; the consumer is
+        // released only after this.
         unsafe {
             for q in [self.queue, self.main] {
                 rdsys::rd_kafka_queue_cb_event_enable(q.as_ptr(), None, std::ptr::null_mut());

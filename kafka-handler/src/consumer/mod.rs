@@ -226,7 +226,7 @@ pub(crate) struct RuntimeContext {
     /// Unparks the polling thread when librdkafka has something for it.
     pub(crate) wake: Arc<fetch::Wake>,
     /// Where assigned partitions' records go, while the polling thread runs.
-    fetch: Mutex<Option<Arc<fetch::FetchQueue>>>,
+    fetch: Mutex<Option<Arc<fetch::FetchQueue<RuntimeContext>>>>,
 }
 
 impl RuntimeContext {
@@ -235,8 +235,8 @@ impl RuntimeContext {
     }
 
     /// Forwards partitions assigned from now on to `fetch`, until the guard
-    /// is dropped; then `fetch` is released (it must go before the consumer).
-    pub(crate) fn install_fetch(&self, fetch: Arc<fetch::FetchQueue>) -> impl Drop + '_ {
+    /// is dropped (`fetch` holds the consumer, which holds this context).
+    pub(crate) fn install_fetch(&self, fetch: Arc<fetch::FetchQueue<RuntimeContext>>) -> impl Drop + '_ {
         *self.fetch.lock().unwrap_or_else(PoisonError::into_inner) = Some(fetch);
         Uninstall(self)
     }

@@ -20,7 +20,7 @@ const BUSY_POLL: Duration = Duration::from_millis(5);
 const MAX_BATCH: usize = 1024;
 
 pub(super) fn run(
-    consumer: &BaseConsumer<RuntimeContext>,
+    consumer: &Arc<BaseConsumer<RuntimeContext>>,
     stop: &AtomicBool,
     shutdown_timeout: Duration,
 ) -> Result<(), Error> {
@@ -29,7 +29,7 @@ pub(super) fn run(
     // Records of assigned partitions arrive here; the main queue keeps the
     // rest (see `fetch`). Installed before the first rebalance is served,
     // removed (and destroyed) before the consumer is.
-    let fetch = FetchQueue::new(consumer, Arc::clone(&context.wake))
+    let fetch = FetchQueue::new(Arc::clone(consumer), Arc::clone(&context.wake))
         .map(Arc::new)
         .ok_or_else(|| Error::Runtime("the consumer has no group queue".into()))?;
     let _installed = context.install_fetch(Arc::clone(&fetch));
