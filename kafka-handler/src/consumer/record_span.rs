@@ -109,6 +109,14 @@ pub(crate) fn open(record: &Record) -> Option<Scope> {
 
 #[inline(never)]
 fn open_span(record: &Record) -> Option<Scope> {
+    // A record whose trace the producer did not sample: no span to record,
+    // only its context to carry on into what the handler publishes. Its
+    // context was read because a subscriber wanted record spans (see the
+    // scheduler's dispatch), so the subscriber is not asked again.
+    #[cfg(feature = "trace-context")]
+    if let Some(cx) = record.trace_parent().filter(|cx| unsampled(cx)) {
+        return Some(Scope::Context(cx.clone()));
+    }
     if !tracing::span_enabled!(target: TARGET, Level::DEBUG) {
         return None;
     }
@@ -116,23 +124,24 @@ fn open_span(record: &Record) -> Option<Scope> {
     // made (no tracing span is current on the runtime's threads and tasks).
     #[cfg(feature = "trace-context")]
     let _parent = {
-        use opentelemetry::trace::TraceContextExt as _;
         let cx = match record.trace_parent() {
             Some(cx) => cx.clone(),
             None => crate::trace_context::extract(record.headers()),
         };
-        let unsampled = {
-            let incoming = cx.span();
-            incoming.span_context().is_valid() && !incoming.span_context().is_sampled()
-        };
-        // The trace was not sampled upstream: no span to record, only its
-        // context to carry on into what the handler publishes.
-        if unsampled {
+        if unsampled(&cx) {
             return Some(Scope::Context(cx));
         }
         cx.attach()
     };
     Some(Scope::Span(recorded(record)))
+}
+
+/// Whether `cx` carries a trace its producer did not sample.
+#[cfg(feature = "trace-context")]
+fn unsampled(cx: &opentelemetry::Context) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    let incoming = cx.span();
+    incoming.span_context().is_valid() && !incoming.span_context().is_sampled()
 }
 
 /// The span itself, its fields given as `&str` and integers where they can
