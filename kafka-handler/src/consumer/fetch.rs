@@ -186,6 +186,9 @@ impl Fetched {
     }
 }
 
+// SAFETY: librdkafka messages may be destroyed on any thread.
+unsafe impl Send for Fetched {}
+
 impl Drop for Fetched {
     fn drop(&mut self) {
         // SAFETY: a message from `rd_kafka_consume_batch_queue`, destroyed once.
