@@ -35,7 +35,7 @@ pub(super) fn run(
         .ok_or_else(|| Error::Runtime("the consumer has no group queue".into()))?;
     let _installed = context.install_fetch(Arc::clone(&fetch));
     // Declared after `fetch`, so dropped (and joined) before it.
-    let reaper = Reaper::start(format!("{}-free", std::thread::current().name().unwrap_or("kafka-handler")))
+    let reaper = Reaper::start(format!("kafka-handler-free:{}", context.observed.group))
         .map_err(|e| Error::Runtime(format!("could not start the thread that frees records: {e}")))?;
     let mut polled = Vec::with_capacity(MAX_BATCH);
     let mut fetched = Vec::with_capacity(MAX_BATCH);
