@@ -295,3 +295,75 @@ impl<'a> RawHeaders<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    use super::*;
+
+    /// Invariant: every record of partitions forwarded before they are
+    /// assigned comes from the fetch queue, in offset order per partition;
+    /// none comes from the main queue, and none is missing.
+    #[test]
+    fn forwarded_partitions_deliver_every_record_through_the_fetch_queue() {
+        const RECORDS: i64 = 300;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 3, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        for i in 0..RECORDS {
+            let payload = i.to_string();
+            let record = BaseRecord::<(), _>::to("orders").partition(i32::try_from(i % 3).unwrap()).payload(&payload);
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let consumer: Arc<BaseConsumer> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", "fetch-queue-test")
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap(),
+        );
+        let wake = Arc::new(Wake::default());
+        wake.register();
+        let fetch = FetchQueue::new(Arc::clone(&consumer), wake).expect("a consumer with a group");
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..3 {
+            tpl.add_partition_offset("orders", partition, Offset::Beginning).unwrap();
+        }
+        fetch.forward(&tpl);
+        consumer.assign(&tpl).unwrap();
+
+        let (mut next, mut taken, mut seen) = ([0i64; 3], Vec::new(), 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen < RECORDS {
+            assert!(Instant::now() < deadline, "only {seen} of {RECORDS} records arrived");
+            if let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
+                let view = Polled::borrowed(&message);
+                panic!("record {}/{} arrived on the main queue", view.partition(), view.offset());
+            }
+            fetch.take(64, &mut taken);
+            if taken.is_empty() {
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+            for message in taken.drain(..) {
+                let record = message.view();
+                assert!(record.error().is_none(), "{:?}", record.error());
+                assert_eq!(record.topic(), "orders");
+                let partition = usize::try_from(record.partition()).unwrap();
+                assert_eq!(record.offset(), next[partition], "offset order in partition {partition}");
+                next[partition] += 1;
+                seen += 1;
+            }
+        }
+        assert_eq!(next, [RECORDS / 3; 3]);
+    }
+}
