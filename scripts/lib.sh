@@ -8,39 +8,12 @@ KH_STATE=""
 
 kh_say() { printf 'test bed: %s\n' "$*" >&2; }
 
-# Install whatever system packages are missing (Debian/apt-get), without letting
-# their own services start: the test bed runs private instances.
+# Install whatever Debian packages the test bed and scripts/test need and lack
+# (testbed.py knows the list, and how to install without starting their services).
 kh_ensure_packages() {
-  local missing=()
-  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-  compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1 ||
-    missing+=(postgresql)
-  [ -x "${JAVA_HOME:-/nonexistent}/bin/java" ] || command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
-  command -v mvn >/dev/null 2>&1 || missing+=(maven)
-  command -v python3 >/dev/null 2>&1 || missing+=(python3)
-  command -v promtool >/dev/null 2>&1 || missing+=(prometheus) # promtool checks docs/monitoring/alerts.yml
-  [ ${#missing[@]} -eq 0 ] && return 0
-
-  local sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { kh_say "missing ${missing[*]} and not root"; return 1; }
-    sudo=(sudo)
-  fi
-  kh_say "installing ${missing[*]} (apt-get)"
-  local policy=/usr/sbin/policy-rc.d created="" rc=0
-  if [ ! -e "$policy" ]; then  # "exit 101" = do not start services during install
-    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
-    "${sudo[@]}" chmod 755 "$policy"
-    created=1
-  fi
-  {
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2
-  } || rc=$?
-  [ -z "$created" ] || "${sudo[@]}" rm -f "$policy"
-  return "$rc"
+  command -v python3 >/dev/null 2>&1 || { kh_say "python3 not found (apt-get install python3)"; return 1; }
+  # promtool checks docs/monitoring/alerts.yml
+  python3 "$KH_ROOT/scripts/testbed.py" packages --also promtool=prometheus
 }
 
 kh_testbed_down() {
@@ -52,7 +25,6 @@ kh_testbed_down() {
 # see testbed.py).
 kh_testbed_up() {
   kh_ensure_packages
-  python3 "$KH_ROOT/scripts/testbed.py" fetch-kafka >/dev/null
   KH_STATE="$(mktemp -d /tmp/kh-state.XXXXXX)"
   trap kh_testbed_down EXIT
   trap 'exit 130' INT

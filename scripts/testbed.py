@@ -7,6 +7,13 @@ processes on 127.0.0.1, random ports, data in a fresh temp dir under /tmp.
   testbed.py node stop|start|kill NAME --state DIR
   testbed.py status --state DIR
   testbed.py fetch-kafka      (cache the Kafka jars + class-data archive; print the libs dir)
+  testbed.py packages [--also PROGRAM=PACKAGE ...] [--dry-run]
+
+`up` and `fetch-kafka` first install the Debian packages they need when they are
+missing (Java, Maven while Kafka is not cached, Redis, PostgreSQL; see
+testbed_packages.py), with sudo when not root; `packages` does that for the whole
+test bed (plus PACKAGE wherever PROGRAM is not on PATH), and with --dry-run only
+prints what is missing and the commands it would run.
 
 Component names: kafka (or kafka-1..N with --brokers N), cluster3-1..3, redis,
 redis-cluster-1..3, postgres.  --redis-cluster adds a 3-node Redis Cluster (3 masters,
@@ -19,7 +26,8 @@ identity and slots); `node kill` may lose the last second of writes.
 --state defaults to $KH_TESTBED, so a test running under scripts/test can do
 `python3 "$KH_TESTBED_PY" node kill cluster3-2`.  `up` writes DIR/env (shell
 exports) and DIR/state.json (components, ports, PIDs).  Python 3 stdlib only;
-helpers live in testbed_core.py and testbed_kafka.py next to this file.
+helpers live in testbed_core.py, testbed_kafka.py and testbed_packages.py next to
+this file.
 
 `up --owner-pid PID` also starts a watcher that runs `down` once PID is gone, so
 even a SIGKILLed scripts/test leaves no processes behind.
@@ -49,6 +57,7 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the repo's scripts/ dir
 import testbed_core as core  # noqa: E402
 import testbed_kafka as kafka  # noqa: E402
+import testbed_packages as packages  # noqa: E402
 from testbed_core import TestbedError, log  # noqa: E402
 
 DB_NAME = "kafka_handler"
@@ -130,7 +139,7 @@ def pg_bindir():
         v = path.split("/")[4]
         return int(v) if v.isdigit() else 0
 
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=version)
+    found = sorted(glob.glob(packages.PG_SERVERS), key=version)
     if found:
         return os.path.dirname(found[-1])
     if shutil.which("postgres"):
@@ -263,6 +272,8 @@ def env_file(state_dir, st):
 # ---------------------------------------------------------------- commands
 
 def cmd_up(a):
+    packages.ensure(packages.missing(redis=not a.no_redis, redis_cluster=a.redis_cluster,
+                                     postgres=not a.no_postgres, maven=not kafka.cached()))
     state_dir = os.path.abspath(a.state)
     os.makedirs(state_dir, exist_ok=True)
     with locked(state_dir):
@@ -425,6 +436,17 @@ def cmd_status(a):
     return 3 if stopped else 0
 
 
+def cmd_packages(a):
+    also = [tuple(pair.split("=", 1)) for pair in a.also]
+    if any(len(pair) != 2 or not all(pair) for pair in also):
+        raise TestbedError("--also wants PROGRAM=PACKAGE")
+    missing = packages.missing(maven=not kafka.cached(), also=also)
+    if a.dry_run:
+        print("missing: " + (" ".join(missing) or "nothing"))
+    packages.ensure(missing, dry_run=a.dry_run)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -453,13 +475,22 @@ def main():
     watch.add_argument("--start-time", required=True)
     watch.add_argument("--data-dir", required=True)
     sub.add_parser("fetch-kafka", help="cache the Kafka jars (+ class-data archive), print the libs dir")
+    pkgs = sub.add_parser("packages", help="install the Debian packages the test bed needs")
+    pkgs.add_argument("--also", action="append", default=[], metavar="PROGRAM=PACKAGE",
+                      help="also install PACKAGE if PROGRAM is not on PATH")
+    pkgs.add_argument("--dry-run", action="store_true",
+                      help="only print the missing packages and the commands that would install them")
     a = ap.parse_args()
     if a.cmd == "up":  # SIGTERM during startup: clean up like on Ctrl-C
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     if a.cmd == "up" and a.brokers < 1:
         ap.error("--brokers must be at least 1")
     try:
+        if a.cmd == "packages":
+            return cmd_packages(a)
         if a.cmd == "fetch-kafka":
+            packages.ensure(packages.missing(redis=False, redis_cluster=False, postgres=False,
+                                             maven=not kafka.cached()))
             libs = kafka.fetch_jars()
             kafka.ensure_cds(libs, kafka.java_bin())
             print(libs)

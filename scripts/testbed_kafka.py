@@ -27,20 +27,35 @@ def kafka_version():
     return ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns).text.strip()
 
 
+def cache_dir():
+    """$KH_CACHE/kafka-<version>: libs/ and pom.sha256, the pom they came from."""
+    cache = os.environ.get("KH_CACHE") or os.path.expanduser("~/.cache/kafka-handler")
+    return os.path.join(cache, f"kafka-{kafka_version()}")
+
+
+def pom_digest():
+    with open(POM, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def valid(d):
+    """d holds all the jars of the current pom."""
+    with contextlib.suppress(OSError), open(os.path.join(d, "pom.sha256")) as f:
+        return f.read().strip() == pom_digest()
+    return False
+
+
+def cached():
+    """Whether the jars are cached (else fetch_jars() needs Maven)."""
+    return valid(cache_dir())
+
+
 def fetch_jars():
     """Cached libs dir ($KH_CACHE/kafka-<version>/libs); downloads with Maven into a
     temp dir that is renamed into place, so an interrupted download leaves nothing."""
     version = kafka_version()
-    cache = os.environ.get("KH_CACHE") or os.path.expanduser("~/.cache/kafka-handler")
-    final = os.path.join(cache, f"kafka-{version}")
-    with open(POM, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-
-    def valid(d):  # complete, and made from the current pom
-        with contextlib.suppress(OSError), open(os.path.join(d, "pom.sha256")) as f:
-            return f.read().strip() == digest
-        return False
-
+    final = cache_dir()
+    cache, digest = os.path.dirname(final), pom_digest()
     if valid(final):
         return os.path.join(final, "libs")
     if not shutil.which("mvn"):
