@@ -5,6 +5,12 @@
 //! cargo run -p orders -- demo --orders 200   # drive 200 orders through it, print a summary
 //! orders api | relay | worker <job>[,<job>…] | simulator   # one role, against Kafka, PostgreSQL, Redis
 //! ```
+//!
+//! A failure ends the process with exit code 1 and one line on stderr,
+//! `error: ` and the error with its causes.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use orders::config::{JOBS, Settings};
@@ -56,11 +62,23 @@ enum Role {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
-    let Cli { settings, simulator, role } = Cli::parse();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` is the error and its causes on one line; `{:?}`, what
+            // returning the error from `main` prints, adds a backtrace
+            // whenever RUST_BACKTRACE is set.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(Cli { settings, simulator, role }: Cli) -> anyhow::Result<()> {
     match role.unwrap_or(Role::All) {
         Role::All => {
             let embedded = describe(&settings);
@@ -118,7 +136,10 @@ async fn main() -> anyhow::Result<()> {
         Role::Simulator => {
             let shutdown = orders::shutdown::Shutdown::default();
             shutdown.on_signal();
-            let addr = Simulator::new(simulator.clone()).serve(simulator.sim_addr, shutdown.clone()).await?;
+            let addr = Simulator::new(simulator.clone())
+                .serve(simulator.sim_addr, shutdown.clone())
+                .await
+                .map_err(|e| name_the_listener(e, Some(simulator.sim_addr), "SIM_ADDR or --sim-addr"))?;
             println!("provider simulator on http://{addr}");
             shutdown.wait().await;
             Ok(())
@@ -131,7 +152,12 @@ async fn run_part(settings: Settings, simulator: SimulatorConfig, parts: Parts) 
         settings.kafka.as_deref().is_some_and(|k| !k.is_empty()),
         "a single role needs KAFKA_BOOTSTRAP_SERVERS (the in-process broker is only for `orders` alone)"
     );
-    let system = System::start(settings, simulator, parts.clone()).await?;
+    // The API names its address itself; the metrics listener is the other
+    // one a role may open.
+    let metrics = if parts.api { None } else { settings.metrics_addr };
+    let system = System::start(settings, simulator, parts.clone())
+        .await
+        .map_err(|e| name_the_listener(e, metrics, "ORDERS_METRICS_ADDR or --metrics-addr"))?;
     if let Some(api) = system.api_addr {
         println!("order API on http://{api}");
     }
@@ -142,6 +168,18 @@ async fn run_part(settings: Settings, simulator: SimulatorConfig, parts: Parts) 
         println!("consumer groups running: {}", parts.jobs.join(", "));
     }
     system.wait().await
+}
+
+/// `e`, or, if it is a socket's refusal to listen, that refusal naming the
+/// address `addr` of the one listener that could have failed so.
+fn name_the_listener(e: anyhow::Error, addr: Option<SocketAddr>, setting: &str) -> anyhow::Error {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+    match (e.downcast_ref::<std::io::Error>(), addr) {
+        (Some(io), Some(addr)) if matches!(io.kind(), AddrInUse | AddrNotAvailable) => {
+            orders::api::error::cannot_listen(addr, io, setting)
+        }
+        _ => e,
+    }
 }
 
 fn describe(settings: &Settings) -> String {

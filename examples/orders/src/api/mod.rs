@@ -3,6 +3,8 @@
 //! `GET /orders/{id}` shows the view kept from the events; `POST
 //! /orders/sync` is the system before: every step inline.
 
+mod body;
+pub mod error;
 mod sync;
 pub mod validate;
 
@@ -10,16 +12,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use self::body::JsonBody;
+use self::error::{database, error, unavailable};
 use self::validate::{NewOrder, validate};
 use crate::config::{Topics, now_ms};
 use crate::db::Db;
@@ -46,9 +48,11 @@ pub struct Api {
 }
 
 impl Api {
-    /// Loads the catalog.
+    /// Loads the catalog and its prices.
     pub async fn new(db: Db, topics: Topics, signal: OutboxSignal, providers: Providers) -> anyhow::Result<Self> {
-        let catalog = db.stock().await?.into_iter().map(|(id, ..)| (id, 0)).collect();
+        let prices: Vec<(String, i64)> =
+            crate::on_db!(&db, |p| sqlx::query_as("SELECT product_id, price_cents FROM products").fetch_all(p).await)?;
+        let catalog = prices.into_iter().collect();
         Ok(Self { db, topics, signal, providers, catalog: Arc::new(catalog), telemetry: None })
     }
 
@@ -64,9 +68,12 @@ impl Api {
             .with_state(self)
     }
 
-    /// Serves on `addr` until `shutdown`; returns the bound address.
+    /// Serves on `addr` until `shutdown`; returns the bound address. An
+    /// address it cannot listen on is an error that names it.
     pub async fn serve(self, addr: SocketAddr, shutdown: Shutdown) -> anyhow::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| error::cannot_listen(addr, &e, "ORDERS_API_ADDR or --api-addr"))?;
         let bound = listener.local_addr()?;
         // Answers are small: send them at once rather than wait for an ACK.
         let listener = listener.tap_io(|tcp| {
@@ -80,33 +87,28 @@ impl Api {
     }
 }
 
-/// A JSON error naming the field at fault.
-pub(crate) fn error(status: StatusCode, field: &str, message: impl std::fmt::Display) -> Box<Response> {
-    Box::new((status, Json(json!({"error": format!("{field} {message}"), "field": field}))).into_response())
+/// Validates the request; the response is the 4xx to send.
+pub(crate) fn parse(api: &Api, JsonBody(body): JsonBody) -> Result<NewOrder, Box<Response>> {
+    validate(&body, &api.catalog).map_err(|bad| error(StatusCode::UNPROCESSABLE_ENTITY, bad.field, bad.message))
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::warn!(error = %e, "database error");
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "the order database is unavailable, retry later"})))
-        .into_response()
+/// Whether `order` asks for what `saved` holds. The fingerprint of a request
+/// is its validated fields, which the order row keeps next to its
+/// idempotency key: a key reused for a different request is refused (the
+/// IETF draft "The Idempotency-Key HTTP Header Field": `422`).
+fn is_request_of(order: &NewOrder, saved: &OrderView) -> bool {
+    (&*order.user_id, &*order.product_id, order.quantity, order.amount_cents)
+        == (&*saved.user_id, &*saved.product_id, saved.quantity, saved.amount_cents)
 }
 
-/// Parses and validates the request; the response is the 4xx to send.
-pub(crate) fn parse(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<NewOrder, Box<Response>> {
-    let body = body.map_err(|rejection| error(rejection.status(), "body", rejection.body_text().to_lowercase()))?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "body", format_args!("is not valid JSON: {e}")))?;
-    validate(&value, &api.catalog).map_err(|bad| error(StatusCode::UNPROCESSABLE_ENTITY, bad.field, bad.message))
-}
-
-async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn create(State(api): State<Api>, headers: HeaderMap, body: JsonBody) -> Response {
     let order = match parse(&api, body) {
         Ok(order) => order,
         Err(response) => return *response,
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 && !k.contains('\t') => Some(k.to_owned()),
         Some(_) => return *error(StatusCode::BAD_REQUEST, "Idempotency-Key", "must be 1 to 255 visible characters"),
     };
     let now = now_ms();
@@ -123,8 +125,8 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, 
     let event = OrderCreated {
         event_id,
         order_id: order_id.clone(),
-        user_id: order.user_id,
-        product_id: order.product_id,
+        user_id: order.user_id.clone(),
+        product_id: order.product_id.clone(),
         quantity: order.quantity,
         amount: view.amount.clone(),
         created_at: now,
@@ -160,6 +162,12 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, 
         }
         // The key was used before: the client retried; answer with that order.
         Ok(false) => match view::by_idempotency_key(&api.db, key.as_deref().unwrap_or_default()).await {
+            Ok(Some(existing)) if !is_request_of(&order, &existing) => *error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key",
+                "was used before for a different request: send the same request to retry it, or a new key \
+                 for a new order",
+            ),
             Ok(Some(existing)) => (
                 StatusCode::OK,
                 [("idempotent-replayed", "true")],
@@ -167,17 +175,22 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, 
             )
                 .into_response(),
             Ok(None) => unavailable("order with the idempotency key vanished"),
-            Err(e) => unavailable(e),
+            Err(e) => database(&e),
         },
-        Err(e) => unavailable(e),
+        Err(e) => database(&e),
     }
 }
 
 async fn show(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let not_found = || *error(StatusCode::NOT_FOUND, "orderId", format_args!("`{}` not found", id.escape_debug()));
+    // No order id holds a control character; PostgreSQL would refuse a NUL.
+    if id.chars().any(char::is_control) {
+        return not_found();
+    }
     match view::get(&api.db, &id).await {
         Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => *error(StatusCode::NOT_FOUND, "orderId", format_args!("`{id}` not found")),
-        Err(e) => unavailable(e),
+        Ok(None) => not_found(),
+        Err(e) => database(&e),
     }
 }
 

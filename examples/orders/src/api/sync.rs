@@ -3,19 +3,19 @@
 //! measure what the event-driven endpoint saves.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Api, error, parse};
+use super::body::JsonBody;
+use super::error::{database, error};
+use super::{Api, parse};
 use crate::config::now_ms;
 use crate::db::view::{self, OrderView};
 use crate::on_conn;
 
-pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+pub(super) async fn create_inline(State(api): State<Api>, body: JsonBody) -> Response {
     let order = match parse(&api, body) {
         Ok(order) => order,
         Err(response) => return *response,
@@ -61,7 +61,7 @@ pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, By
     match reserved {
         Ok(true) => {}
         Ok(false) => return *error(StatusCode::CONFLICT, "productId", "is out of stock"),
-        Err(e) => return *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+        Err(e) => return database(&e),
     }
     // Charge, then points, email and SMS; any failure undoes the order.
     let outcome = async {
@@ -81,7 +81,7 @@ pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, By
     .await;
     let mut tx = match api.db.begin().await {
         Ok(tx) => tx,
-        Err(e) => return *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+        Err(e) => return database(&e),
     };
     let result = match outcome {
         Ok(()) => {
@@ -139,8 +139,8 @@ pub(super) async fn create_inline(State(api): State<Api>, body: Result<Bytes, By
     match result {
         Ok(response) => match tx.commit().await {
             Ok(()) => response,
-            Err(e) => *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+            Err(e) => database(&e),
         },
-        Err(e) => *error(StatusCode::SERVICE_UNAVAILABLE, "database", e),
+        Err(e) => database(&e),
     }
 }
