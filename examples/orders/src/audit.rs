@@ -30,6 +30,13 @@ pub struct Audit {
     pub outbox_depth: i64,
     /// Effects beyond one per order (a duplicate charge, email, …).
     pub duplicates: u64,
+    /// Provider requests that repeated an effect already had, beyond what
+    /// injected failures explain ([`Ledger::unexplained_repeats`]): a
+    /// handler that ran twice for one event. The provider answers a repeated
+    /// key with its first reply, so this is the only trace of a double run.
+    /// Zero unless a process crashed or Kafka was unavailable between an
+    /// effect and the acknowledgement of its record.
+    pub repeats: u64,
     /// Effects missing for an order (a confirmed order without its SMS, …).
     pub missing: u64,
     /// Each broken promise, with the order it concerns.
@@ -88,6 +95,7 @@ pub async fn audit(db: &Db, ledger: &Ledger) -> anyhow::Result<Audit> {
         emails: Ledger::total(&ledger.emails),
         sms: Ledger::total(&ledger.sms),
         dead_letters: dead_letters as u64,
+        repeats: ledger.unexplained_repeats(),
         outbox_depth: outbox_left(db).await?,
         ..Audit::default()
     };

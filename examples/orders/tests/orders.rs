@@ -68,7 +68,8 @@ fn ledger(system: &System) -> Ledger {
 fn print_audit(name: &str, a: &Audit, ledger: &Ledger) {
     println!(
         "{name}: {} orders: {} confirmed, {} cancelled, {} in flight; payments {}, refunds {}, points {}, emails {}, \
-         SMS {}, dead letters {}, stock left {}; missing {}, duplicated {}; injected failures {:?}",
+         SMS {}, dead letters {}, stock left {}; missing {}, duplicated {}, repeated provider requests {}; \
+         injected failures {:?}",
         a.orders,
         a.confirmed,
         a.cancelled,
@@ -82,6 +83,7 @@ fn print_audit(name: &str, a: &Audit, ledger: &Ledger) {
         a.stock_left,
         a.missing,
         a.duplicates,
+        a.repeats,
         ledger.injected_failures
     );
 }
@@ -113,6 +115,8 @@ async fn two_thousand_orders_with_provider_failures_and_sold_out_products_keep_e
     let a = audit(&system.db, &ledger).await.unwrap();
     print_audit("failures", &a, &ledger);
     assert_promises(&a, 2000);
+    assert_eq!(a.repeats, 0, "no handler ran twice for one effect: {:?}", ledger.replays);
+    assert!(ledger.replays.values().sum::<u64>() > 0, "retries repeated served keys: the count sees repeats");
     assert!(a.cancelled >= 20, "sold-out orders are cancelled: {}", a.cancelled);
     assert_eq!(a.dead_letters, 0);
     assert!(ledger.injected_failures.values().sum::<u64>() > 50, "failures were injected");
@@ -198,6 +202,7 @@ async fn a_payment_outage_dead_letters_alerts_cancels_and_a_redrive_settles_ever
     print_audit("dlt", &a, &ledger);
     assert_promises(&a, orders);
     assert_eq!((a.cancelled, a.payments, a.refunds, a.dead_letters), (orders as u64, 0, 0, 2 * orders as u64));
+    assert_eq!(a.repeats, 0, "no handler ran twice for one effect: {:?}", ledger.replays);
     system.stop().await.unwrap();
 }
 

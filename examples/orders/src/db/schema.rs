@@ -89,6 +89,8 @@ CREATE TABLE IF NOT EXISTS points_ledger (
     points BIGINT NOT NULL,
     created_at BIGINT NOT NULL
 );
+-- One entry per order, whatever event ids arrive.
+CREATE UNIQUE INDEX IF NOT EXISTS points_ledger_order ON points_ledger (order_id);
 CREATE TABLE IF NOT EXISTS error_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     dead_letter TEXT NOT NULL UNIQUE,
@@ -118,6 +120,8 @@ CREATE TABLE IF NOT EXISTS points_ledger (
     points BIGINT NOT NULL,
     created_at BIGINT NOT NULL
 );
+-- One entry per order, whatever event ids arrive.
+CREATE UNIQUE INDEX IF NOT EXISTS points_ledger_order ON points_ledger (order_id);
 CREATE TABLE IF NOT EXISTS error_log (
     id BIGSERIAL PRIMARY KEY,
     dead_letter TEXT NOT NULL UNIQUE,

@@ -168,7 +168,7 @@ impl Simulator {
     }
 
     /// Waits the provider's latency, counts the request, and maybe fails it.
-    async fn enter(&self, provider: &str, key: &str) -> Result<(), Response> {
+    async fn enter(&self, provider: &str, key: &str, order_id: Option<&str>) -> Result<(), Response> {
         let profile = self.config.profile(provider);
         tokio::time::sleep(profile.latency).await;
         let mut state = self.state.lock().expect("simulator state");
@@ -178,6 +178,9 @@ impl Simulator {
         if fastrand::f64() < profile.failure_rate && (limit == 0 || *failed < limit) {
             *failed += 1;
             *state.ledger.injected_failures.entry(provider.to_owned()).or_default() += 1;
+            if let Some(order_id) = order_id.filter(|_| matches!(provider, "email" | "sms")) {
+                *state.ledger.message_failures.entry(order_id.to_owned()).or_default() += 1;
+            }
             return Err((StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "injected failure"}))).into_response());
         }
         Ok(())
@@ -212,7 +215,7 @@ async fn charge(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Jso
     if crate::money::parse_cents(&req.amount).is_err() {
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": "bad amount"}))).into_response();
     }
-    if let Err(r) = sim.enter("payment", &key).await {
+    if let Err(r) = sim.enter("payment", &key, Some(&req.order_id)).await {
         return r;
     }
     let mut state = sim.state.lock().expect("simulator state");
@@ -232,7 +235,7 @@ async fn refund(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Jso
         Ok(k) => k,
         Err(r) => return *r,
     };
-    if let Err(r) = sim.enter("payment", &key).await {
+    if let Err(r) = sim.enter("payment", &key, None).await {
         return r;
     }
     let mut state = sim.state.lock().expect("simulator state");
@@ -253,11 +256,12 @@ async fn send_message(sim: &Simulator, provider: &str, headers: &HeaderMap, req:
         Ok(k) => k,
         Err(r) => return *r,
     };
-    if let Err(r) = sim.enter(provider, &key).await {
+    if let Err(r) = sim.enter(provider, &key, Some(&req.order_id)).await {
         return r;
     }
     let mut state = sim.state.lock().expect("simulator state");
     if let Some(r) = sim.replay(&mut state, provider, &key) {
+        *state.ledger.message_repeats.entry(req.order_id).or_default() += 1;
         return r;
     }
     let delivered = if provider == "email" { &mut state.ledger.emails } else { &mut state.ledger.sms };
@@ -277,7 +281,7 @@ async fn sms(State(sim): State<Simulator>, headers: HeaderMap, Json(req): Json<M
 
 async fn chat(State(sim): State<Simulator>, headers: HeaderMap, Json(msg): Json<ChatMessage>) -> Response {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    if let Err(r) = sim.enter("chat", &key).await {
+    if let Err(r) = sim.enter("chat", &key, None).await {
         return r;
     }
     let mut state = sim.state.lock().expect("simulator state");

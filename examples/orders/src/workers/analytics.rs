@@ -1,6 +1,8 @@
 //! `analytics`: forwards every `OrderCreated` to the analytics team's topic
 //! (through the outbox) and keeps order count and revenue per product per
-//! minute — both in the dedup transaction, so neither is ever doubled.
+//! minute — both in the dedup transaction, so neither is ever doubled. Only
+//! an `OrderCreated` that matches the order of record counts (see
+//! [`super::of_record`]), so a forged or re-published copy counts nothing.
 
 use kafka_handler::extract::{FromRecord, Json};
 use kafka_handler::{HandlerError, Record, ResultExt};
@@ -20,6 +22,7 @@ pub struct Analytics {
 impl Analytics {
     pub(crate) async fn apply(&self, conn: &mut Conn<'_>, mut record: Record) -> Result<(), HandlerError> {
         let Json(order) = Json::<OrderCreated>::from_record(&mut record)?;
+        super::of_record::created(super::of_record::load(conn, &order.order_id).await?, &order)?;
         let revenue = parse_cents(&order.amount).permanent()?;
         let minute = order.created_at / 60_000 * 60_000;
         on_conn!(conn, |c| sqlx::query(

@@ -2,7 +2,8 @@
 //! (the dedup row, the stock change, the reservation and the outgoing event
 //! commit together). Out of stock is a business outcome: it emits
 //! `InventoryFailed`, it is not retried. A cancelled order's stock is given
-//! back.
+//! back. Only an `OrderCreated` that matches the order of record reserves
+//! stock (see [`super::of_record`]).
 
 use kafka_handler::extract::{FromRecord, Json};
 use kafka_handler::{HandlerError, Record, ResultExt};
@@ -23,6 +24,7 @@ impl Inventory {
     pub(crate) async fn apply(&self, conn: &mut Conn<'_>, mut record: Record) -> Result<(), HandlerError> {
         if super::origin(&record) == self.topics.created {
             let Json(order) = Json::<OrderCreated>::from_record(&mut record)?;
+            super::of_record::created(super::of_record::load(conn, &order.order_id).await?, &order)?;
             return self.reserve(conn, &order).await;
         }
         let Json(event) = Json::<OrderEvent>::from_record(&mut record)?;

@@ -8,6 +8,7 @@ pub mod analytics;
 pub mod dead_letters;
 pub mod inventory;
 pub mod notification;
+pub mod of_record;
 pub mod payment;
 pub mod points;
 pub mod providers;
@@ -145,7 +146,16 @@ pub fn consumer(ctx: &Ctx, job: &str) -> anyhow::Result<Consumer> {
             1,
         ),
         "points" => transactional(builder, &ctx.db, points::Points { topics: topics.clone() }, &ctx.signal, 2),
-        "analytics" => transactional(builder, &ctx.db, analytics::Analytics { topics: topics.clone() }, &ctx.signal, 2),
+        "analytics" => transactional(
+            builder,
+            &ctx.db,
+            analytics::Analytics { topics: topics.clone() },
+            &ctx.signal,
+            // One writer at a time: a burst of orders for a few products
+            // makes a few (minute, product) rows hot, and two transactions
+            // updating them in different orders would deadlock.
+            1,
+        ),
         "order-status" => transactional(builder, &ctx.db, saga::OrderStatus { topics: topics.clone() }, &ctx.signal, 2),
         "payment" => builder.handler(payment::handle).dedup(store),
         "notification" => builder.handler(notification::handle).dedup(store),

@@ -21,7 +21,7 @@ pub struct OrderStatus {
 impl OrderStatus {
     pub(crate) async fn apply(&self, conn: &mut Conn<'_>, mut record: Record) -> Result<(), HandlerError> {
         let Json(event) = Json::<OrderEvent>::from_record(&mut record)?;
-        let Some(mut order) = view::load(conn, &event.order_id).await.retryable()? else {
+        let Some(mut order) = super::of_record::load(conn, &event.order_id).await? else {
             return Err(HandlerError::permanent(format!("unknown order {}", event.order_id)));
         };
         let now = now_ms();
