@@ -110,6 +110,7 @@ pub struct DedupCounters {
     pub(crate) hits: AtomicU64,
     pub(crate) waits: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
 }
 
 impl DedupCounters {
@@ -126,6 +127,12 @@ impl DedupCounters {
     /// Times a record waited for a claim held elsewhere.
     pub fn waits(&self) -> u64 {
         self.waits.load(Relaxed)
+    }
+
+    /// Transactions run again because they were in conflict with a
+    /// concurrent one (transactional mode; no event's retries spent).
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Relaxed)
     }
 
     /// Store calls that failed (the records were retried).

@@ -16,6 +16,14 @@
 //! record's outcome is reported only after its transaction committed, so no
 //! offset is stored for an event whose effect might still roll back.
 //!
+//! A conflict with a concurrent transaction (PostgreSQL's deadlock or
+//! serialization failure, SQLite's busy database), whether a handler's
+//! statement or the runtime's hits it, is not a failure of the events: the
+//! whole transaction rolls back, releasing its locks, and runs again after a
+//! short randomized pause, up to [`CONFLICT_RERUNS`] times, without
+//! spending any event's retries. Only a transaction still in conflict after
+//! that fails its events retryably.
+//!
 #![cfg_attr(feature = "postgres", doc = include_str!("../../docs/transactional.md"))]
 
 #[cfg(feature = "postgres")]
@@ -71,6 +79,12 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         events: &'c [(&'c str, &'c str)],
         consumer: &'c str,
     ) -> BoxFuture<'c, Result<Vec<bool>, sqlx::Error>>;
+
+    /// Whether `error` is a conflict between concurrent transactions (a
+    /// deadlock, a serialization failure, a busy database) that running the
+    /// transaction again resolves.
+    #[doc(hidden)]
+    fn is_conflict(error: &sqlx::Error) -> bool;
 
     /// Deletes the dedup row of an event whose handler failed.
     #[doc(hidden)]
@@ -237,9 +251,15 @@ fn start<DB: Backend, H: TxHandler<DB>>(shared: &Arc<Shared<DB, H>>) -> mpsc::Un
     tx
 }
 
+/// How many times a transaction in conflict with a concurrent one runs
+/// again before its events fail retryably.
+pub const CONFLICT_RERUNS: usize = 10;
+
 /// One transaction for `batch`; returns the jobs left for the next one (a
 /// second copy of an event already in this transaction).
 async fn run_batch<DB: Backend, H: TxHandler<DB>>(shared: &Shared<DB, H>, batch: Vec<Job>) -> Vec<Job> {
+    use backon::BackoffBuilder;
+
     let mut seen = HashSet::with_capacity(batch.len());
     let (mut now, later): (Vec<Job>, Vec<Job>) =
         batch.into_iter().partition(|job| seen.insert((job.group.clone(), job.event_id.clone())));
@@ -247,35 +267,71 @@ async fn run_batch<DB: Backend, H: TxHandler<DB>>(shared: &Shared<DB, H>, batch:
     // taking row locks in id order keeps concurrent transactions from
     // deadlocking on each other's dedup rows.
     now.sort_unstable_by(|a, b| (&a.group, &a.event_id).cmp(&(&b.group, &b.event_id)));
-    let mut outcomes = Vec::with_capacity(now.len());
-    let mut jobs = now.into_iter();
-    if let Err(e) = transaction(shared, &mut jobs, &mut outcomes).await {
-        DedupCounters::add(&shared.counters.store_errors, 1);
-        tracing::warn!(error = %e, "transaction failed; its events will be retried");
-        let message = e.to_string();
-        for (reply, ..) in outcomes.drain(..) {
-            let _ = reply.send(Err(HandlerError::retryable(StoreError::new(message.clone()))));
+    let mut pauses = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(2))
+        .with_max_delay(std::time::Duration::from_millis(250))
+        .with_max_times(CONFLICT_RERUNS)
+        .with_jitter()
+        .build();
+    let result = loop {
+        match transaction(shared, &now).await {
+            Err(Failure::Conflict(e)) => {
+                DedupCounters::add(&shared.counters.conflicts, 1);
+                let Some(pause) = pauses.next() else { break Err(e) };
+                tracing::debug!(error = %e, ?pause, "transaction in conflict with another; running it again");
+                tokio::time::sleep(pause).await;
+            }
+            Err(Failure::Database(e)) => break Err(e.to_string()),
+            Ok(outcomes) => break Ok(outcomes),
         }
-        for job in jobs {
-            let _ = job.reply.send(Err(HandlerError::retryable(StoreError::new(message.clone()))));
+    };
+    match result {
+        Ok(outcomes) => {
+            for (job, (outcome, counter)) in now.into_iter().zip(outcomes) {
+                if let Some(counter) = counter {
+                    DedupCounters::add(counter(&shared.counters), 1);
+                }
+                let _ = job.reply.send(outcome);
+            }
         }
-        return later;
-    }
-    for (reply, outcome, counter) in outcomes {
-        if let Some(counter) = counter {
-            DedupCounters::add(counter(&shared.counters), 1);
+        Err(e) => {
+            DedupCounters::add(&shared.counters.store_errors, 1);
+            tracing::warn!(error = %e, "transaction failed; its events will be retried");
+            for job in now {
+                let _ = job.reply.send(Err(HandlerError::retryable(StoreError::new(e.clone()))));
+            }
         }
-        let _ = reply.send(outcome);
     }
     later
 }
 
 /// A job's answer, and what to count once the transaction committed.
-type Outcome = (oneshot::Sender<Result<(), HandlerError>>, Result<(), HandlerError>, Option<Counter>);
+type Outcome = (Result<(), HandlerError>, Option<Counter>);
 type Counter = fn(&DedupCounters) -> &std::sync::atomic::AtomicU64;
 
-/// Runs the jobs in one transaction, collecting each outcome; any database
-/// error aborts the whole transaction.
+/// Why a transaction did not commit.
+enum Failure {
+    /// In conflict with a concurrent transaction: run it again.
+    Conflict(String),
+    /// Any other database error.
+    Database(sqlx::Error),
+}
+
+impl Failure {
+    fn of<DB: Backend>(error: sqlx::Error) -> Self {
+        if DB::is_conflict(&error) { Self::Conflict(error.to_string()) } else { Self::Database(error) }
+    }
+}
+
+/// Whether a handler's failure is its statement's conflict with a
+/// concurrent transaction.
+fn conflict_of<DB: Backend>(error: &HandlerError) -> Option<String> {
+    let e = error.source_error().downcast_ref::<sqlx::Error>()?;
+    DB::is_conflict(e).then(|| e.to_string())
+}
+
+/// Runs the jobs in one transaction and returns each outcome, in order; any
+/// database error aborts the whole transaction.
 ///
 /// The dedup rows of all jobs go in first, in one statement; then each new
 /// event runs its handler after a savepoint, which is released and taken
@@ -284,52 +340,59 @@ type Counter = fn(&DedupCounters) -> &std::sync::atomic::AtomicU64;
 /// dedup row is deleted.
 async fn transaction<DB: Backend, H: TxHandler<DB>>(
     shared: &Shared<DB, H>,
-    jobs: &mut std::vec::IntoIter<Job>,
-    outcomes: &mut Vec<Outcome>,
-) -> Result<(), sqlx::Error> {
-    let mut conn = shared.pool.acquire().await?;
-    DB::execute(&mut conn, DB::BEGIN).await?;
+    jobs: &[Job],
+) -> Result<Vec<Outcome>, Failure> {
+    let mut conn = shared.pool.acquire().await.map_err(Failure::Database)?;
+    DB::execute(&mut conn, DB::BEGIN).await.map_err(Failure::of::<DB>)?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
     let result = async {
-        let events: Vec<(&str, &str)> = jobs.as_slice().iter().map(|j| (&*j.group, &*j.event_id)).collect();
-        let fresh = DB::insert_processed(&mut conn, &events, &shared.consumer).await?;
+        let events: Vec<(&str, &str)> = jobs.iter().map(|j| (&*j.group, &*j.event_id)).collect();
+        let fresh = DB::insert_processed(&mut conn, &events, &shared.consumer).await.map_err(Failure::of::<DB>)?;
         drop(events);
         let mut savepoint = false;
-        for (job, fresh) in jobs.by_ref().zip(fresh) {
+        for (job, fresh) in jobs.iter().zip(fresh) {
             if !fresh {
-                outcomes.push((job.reply, Ok(()), Some(|c| &c.hits)));
+                outcomes.push((Ok(()), Some((|c| &c.hits) as Counter)));
                 continue;
             }
             if !savepoint {
-                DB::execute(&mut conn, "SAVEPOINT kh_event").await?;
+                DB::execute(&mut conn, "SAVEPOINT kh_event").await.map_err(Failure::of::<DB>)?;
                 savepoint = true;
             }
-            let mut record = job.record;
+            let mut record = job.record.clone();
             record.extensions_mut().insert(EventId(job.event_id.clone()));
             let handled = AssertUnwindSafe(shared.handler.handle(&mut conn, record)).catch_unwind().await;
             let outcome = match handled {
                 Ok(outcome) => outcome,
                 Err(panic) => Err(HandlerError::from_panic(panic)),
             };
-            let counter: Option<Counter> = match outcome {
+            let counter: Option<Counter> = match &outcome {
                 Ok(()) => {
-                    DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event; SAVEPOINT kh_event").await?;
+                    DB::execute(&mut conn, "RELEASE SAVEPOINT kh_event; SAVEPOINT kh_event")
+                        .await
+                        .map_err(Failure::of::<DB>)?;
                     Some(|c| &c.claimed)
                 }
-                Err(_) => {
-                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event; RELEASE SAVEPOINT kh_event").await?;
+                Err(e) => {
+                    if let Some(conflict) = conflict_of::<DB>(e) {
+                        return Err(Failure::Conflict(conflict));
+                    }
+                    DB::execute(&mut conn, "ROLLBACK TO SAVEPOINT kh_event; RELEASE SAVEPOINT kh_event")
+                        .await
+                        .map_err(Failure::of::<DB>)?;
                     savepoint = false;
-                    DB::delete_processed(&mut conn, &job.group, &job.event_id).await?;
+                    DB::delete_processed(&mut conn, &job.group, &job.event_id).await.map_err(Failure::of::<DB>)?;
                     None
                 }
             };
-            outcomes.push((job.reply, outcome, counter));
+            outcomes.push((outcome, counter));
         }
-        DB::execute(&mut conn, "COMMIT").await
+        DB::execute(&mut conn, "COMMIT").await.map_err(Failure::of::<DB>)
     }
     .await;
     if result.is_err() {
         // The connection goes back to the pool: leave no transaction open.
         let _ = DB::execute(&mut conn, "ROLLBACK").await;
     }
-    result
+    result.map(|()| outcomes)
 }

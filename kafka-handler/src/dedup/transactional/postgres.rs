@@ -48,6 +48,11 @@ impl Backend for Postgres {
         .boxed()
     }
 
+    fn is_conflict(error: &sqlx::Error) -> bool {
+        // serialization_failure, deadlock_detected
+        error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40001" || code == "40P01")
+    }
+
     fn delete_processed<'c>(
         conn: &'c mut PgConnection,
         group: &'c str,

@@ -44,6 +44,16 @@ impl Backend for Sqlite {
         .boxed()
     }
 
+    fn is_conflict(error: &sqlx::Error) -> bool {
+        // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes
+        // (primary code in the low byte).
+        error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .and_then(|code| code.parse::<u32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    }
+
     fn delete_processed<'c>(
         conn: &'c mut SqliteConnection,
         group: &'c str,
