@@ -65,14 +65,26 @@ mod tests {
 
     #[test]
     fn json_with_or_without_parameters_is_json() {
-        for ok in ["application/json", "Application/JSON", "application/json; charset=utf-8", "application/json;charset=\"UTF-8\""] {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
             assert!(is_json(&with(ok)), "{ok}");
         }
     }
 
     #[test]
     fn anything_else_is_not() {
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", "application/json; charset=latin1", "application/json; x", ""] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+            "application/json; charset=latin1",
+            "application/json; x",
+            "",
+        ] {
             assert!(!is_json(&with(bad)), "{bad}");
         }
         assert!(!is_json(&HeaderMap::new()), "no Content-Type");

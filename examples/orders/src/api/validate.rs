@@ -131,7 +131,9 @@ mod tests {
 
     #[test]
     fn control_characters_and_long_text_are_refused_before_the_database() {
-        for (field, value) in [("userId", "nul\u{0}x"), ("userId", "a\nb"), ("userId", "\u{1b}[31m"), ("productId", "sku-01\u{0}")] {
+        for (field, value) in
+            [("userId", "nul\u{0}x"), ("userId", "a\nb"), ("userId", "\u{1b}[31m"), ("productId", "sku-01\u{0}")]
+        {
             let mut body = json!({"userId": "u1", "productId": "sku-01", "quantity": 1, "amount": "4.99"});
             body[field] = json!(value);
             let bad = validate(&body, &catalog()).unwrap_err();
