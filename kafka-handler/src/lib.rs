@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod middleware;
 mod outcome;
 mod producer;
+mod provenance;
 mod record;
 mod shutdown;
 #[cfg(feature = "trace-context")]

@@ -213,18 +213,10 @@ fn kind(error: &HandlerError) -> &'static str {
     }
 }
 
-/// The delivery attempt: 1, or the attempt a retry topic's record is due for.
+/// The delivery attempt: 1, or the attempt a record of the group's own
+/// retry or re-drive topic is due for.
 fn attempt(record: &Record) -> i64 {
-    #[cfg(feature = "retry-topic")]
-    if let Some(n) = record
-        .header(crate::middleware::retry_topic::headers::ATTEMPT)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
-    {
-        return n;
-    }
-    let _ = record;
-    1
+    crate::provenance::attempt(record).into()
 }
 
 /// The span name the conventions ask for: `process <topic>`.

@@ -1,10 +1,12 @@
 //! Records of a retry topic that are not due yet wait in the scheduler, not
 //! in a handler.
 //!
-//! A record read from a retry topic carries its due time (`retry.due`). If it
-//! is still ahead, the record is not dispatched: it is held, with whatever
-//! that partition delivers behind it, and the polling thread dispatches it
-//! when it falls due (it wakes up for that). Held records take no handler
+//! A record read from one of its group's retry topics carries its due time
+//! (`retry.due`; on any other topic that header is ignored, see
+//! [`provenance`](crate::provenance)). If it is still ahead, the record is
+//! not dispatched: it is held, with whatever that partition delivers behind
+//! it, and the polling thread dispatches it when it falls due (it wakes up
+//! for that). Held records take no handler
 //! slot and count against their partition's share of the buffer, so a retry
 //! partition that holds its share is paused by back-pressure like any other,
 //! while every other partition, source or retry, keeps flowing. Nothing
@@ -15,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{LaneKey, PartitionState, Scheduler, Starter};
 use crate::Record;
-use crate::middleware::retry_topic::headers::DUE;
 
 /// The due header has millisecond precision, truncated: a record is held
 /// this much longer so that it is never handled before its delay passed.
@@ -45,8 +46,7 @@ pub(super) fn hold(
 
 /// When the record is due, if that is ahead.
 fn due(record: &Record) -> Option<Instant> {
-    let due = record.header(DUE)?;
-    let due: u64 = std::str::from_utf8(due).ok()?.parse().ok()?;
+    let due = crate::provenance::due(record)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let ahead = Duration::from_millis(due).saturating_sub(now);
     (!ahead.is_zero()).then(|| Instant::now() + ahead + ROUNDING)

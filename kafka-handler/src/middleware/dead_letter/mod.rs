@@ -3,9 +3,9 @@
 //!
 //! A record that fails permanently — a business rule, a payload that does not
 //! decode, a handler panic, retries exhausted — is published to
-//! `<topic>.dlt` with its original key, value and headers plus provenance
-//! headers, and only once the broker acknowledged the dead letter is the
-//! record finished and its offset stored. A crash in between may write a dead
+//! `<original topic>.dlt` with its original key, value and headers plus
+//! provenance headers, and only once the broker acknowledged the dead letter
+//! is the record finished and its offset stored. A crash in between may write a dead
 //! letter twice; it never loses one. If the dead letter cannot be written the
 //! record fails *retryably*, so the runtime tries again instead of moving on.
 //!
@@ -18,6 +18,12 @@
 //! | `dlt.error.message` | the error, as text |
 //! | `dlt.attempts` | how many attempts were made |
 //! | `dlt.payload.dropped` | only when the payload was too large for the dead-letter topic: its size; the dead letter then has no value |
+//!
+//! The original topic is where the record first was, before any retry topic:
+//! see [`Origin`](crate::extract::Origin). The dead letter's `dlt.*` headers are
+//! the runtime's only: a record's own headers of those names are not copied,
+//! nor its `retry.*` ones unless it came from the group's own retry or
+//! re-drive topic.
 
 mod layer;
 
@@ -28,9 +34,10 @@ use futures::FutureExt;
 use tower::Service;
 
 pub use self::layer::DeadLetterLayer;
-use crate::extract::{Attempt, Group};
+use crate::extract::{Attempt, Group, Origin};
 use crate::handler::BoxHandlerFuture;
 use crate::outcome::BoxError;
+use crate::provenance;
 use crate::{Disposition, HandlerError, Outgoing, Record};
 
 /// Header names of the provenance a dead letter carries.
@@ -56,10 +63,7 @@ pub mod headers {
     pub const PAYLOAD_DROPPED: &str = "dlt.payload.dropped";
 }
 
-/// The topic where dead letters of `topic` are sent back to `group` only.
-pub(crate) fn redrive_topic(topic: &str, group: &str) -> String {
-    format!("{topic}.{group}.redrive")
-}
+pub(crate) use crate::provenance::redrive_topic;
 
 /// Publishes permanently failed records to the dead-letter topic.
 #[derive(Clone, Debug)]
@@ -109,7 +113,7 @@ where
             match result {
                 Ok(at) => {
                     crate::consumer::record_span::forwarded(&topic, kind, &error);
-                    crate::metrics::Meters::of(&record).dead_letter(&origin(&record).0, kind);
+                    crate::metrics::Meters::of(&record).dead_letter(&Origin::of(&record).topic, kind);
                     tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                         dlt_partition = at.partition, dlt_offset = at.offset, kind, error = %error,
                         "record sent to the dead-letter topic");
@@ -154,17 +158,6 @@ fn attempts_of(error: &HandlerError, record: &Record) -> u32 {
     record.extensions().get::<Attempt>().map_or(1, |a| a.0)
 }
 
-/// Where the record first was: before any retry topic.
-fn origin(record: &Record) -> (String, i32, i64, Option<i64>) {
-    #[cfg(feature = "retry-topic")]
-    {
-        let o = crate::middleware::retry_topic::Origin::of(record);
-        (o.topic, o.partition, o.offset, o.timestamp)
-    }
-    #[cfg(not(feature = "retry-topic"))]
-    (record.topic().to_owned(), record.partition(), record.offset(), record.timestamp())
-}
-
 /// The dead letter is larger than the producer or the topic accepts.
 fn is_too_large(error: &crate::Error) -> bool {
     use rdkafka::error::KafkaError;
@@ -180,11 +173,11 @@ fn dead_letter(
     attempts: u32,
     with_payload: bool,
 ) -> Outgoing {
-    let (original_topic, partition, offset, timestamp) = origin(record);
+    let Origin { topic: original_topic, partition, offset, timestamp, .. } = Origin::of(record);
     let topic = format!("{original_topic}{}", config.suffix);
     let payload = if with_payload { record.payload().map(bytes::Bytes::copy_from_slice) } else { None };
     let mut out = Outgoing::from_parts(topic, record.key().map(bytes::Bytes::copy_from_slice), payload);
-    for h in record.headers() {
+    for h in provenance::carried(record, provenance::trusted(record)) {
         out = out.raw_header(h.name.clone(), h.value.clone());
     }
     let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();

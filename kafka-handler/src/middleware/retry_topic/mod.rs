@@ -47,6 +47,13 @@
 //! | `retry.due` | when, ms since the Unix epoch |
 //! | `retry.original.topic`, `…partition`, `…offset`, `…timestamp` | where the record first was |
 //! | `retry.first.error`, `retry.last.error` | the first and the latest failure |
+//!
+//! These headers are believed only on a record of the group's own retry and
+//! re-drive topics, for the source topic `retry.original.topic` names. On any
+//! other topic anyone may have written them, so there they are just data: the
+//! record is attempt 1, handled at once, and its origin is where it is (see
+//! [`Origin`](crate::extract::Origin)). Such a record sent to a retry topic
+//! carries the runtime's `retry.*` headers only, none of its own.
 
 mod layer;
 mod ordered;
@@ -59,65 +66,20 @@ use tower::Service;
 
 pub use self::layer::RetryTopicLayer;
 use super::RetriesExhausted;
-use crate::extract::{Attempt, Group};
+use crate::extract::{Attempt, Group, Origin};
 use crate::handler::BoxHandlerFuture;
 use crate::outcome::BoxError;
+use crate::provenance;
 use crate::{Disposition, HandlerError, Outgoing, Record};
 
 /// Header names used on retry topics.
 pub mod headers {
-    /// The attempt the record is due for.
-    pub const ATTEMPT: &str = "retry.attempt";
-    /// When it is due, ms since the Unix epoch.
-    pub const DUE: &str = "retry.due";
-    /// The topic it was first read from.
-    pub const ORIGINAL_TOPIC: &str = "retry.original.topic";
-    /// Its partition there.
-    pub const ORIGINAL_PARTITION: &str = "retry.original.partition";
-    /// Its offset there.
-    pub const ORIGINAL_OFFSET: &str = "retry.original.offset";
-    /// Its original timestamp.
-    pub const ORIGINAL_TIMESTAMP: &str = "retry.original.timestamp";
-    /// The first failure.
-    pub const FIRST_ERROR: &str = "retry.first.error";
-    /// The latest failure.
-    pub const LAST_ERROR: &str = "retry.last.error";
+    pub use crate::provenance::headers::{
+        ATTEMPT, DUE, FIRST_ERROR, LAST_ERROR, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP, ORIGINAL_TOPIC,
+    };
 }
 
-/// Where a record read from a retry topic came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Origin {
-    pub(crate) topic: String,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) timestamp: Option<i64>,
-}
-
-impl Origin {
-    /// The record's original coordinates, from retry headers or the record itself.
-    pub(crate) fn of(record: &Record) -> Self {
-        let text = |h| record.header(h).and_then(|v| std::str::from_utf8(v).ok());
-        match (text(headers::ORIGINAL_TOPIC), text(headers::ORIGINAL_PARTITION), text(headers::ORIGINAL_OFFSET)) {
-            (Some(topic), Some(p), Some(o)) if p.parse::<i32>().is_ok() && o.parse::<i64>().is_ok() => Origin {
-                topic: topic.to_owned(),
-                partition: p.parse().unwrap_or_default(),
-                offset: o.parse().unwrap_or_default(),
-                timestamp: text(headers::ORIGINAL_TIMESTAMP).and_then(|t| t.parse().ok()),
-            },
-            _ => Origin {
-                topic: record.topic().to_owned(),
-                partition: record.partition(),
-                offset: record.offset(),
-                timestamp: record.timestamp(),
-            },
-        }
-    }
-}
-
-/// The retry topic of `level` (1-based) for records of `topic` in `group`.
-pub(crate) fn retry_topic(topic: &str, group: &str, level: usize) -> String {
-    format!("{topic}.{group}.retry.{level}")
-}
+pub(crate) use crate::provenance::retry_topic;
 
 /// Sends retryable failures to retry topics, and handles records from them
 /// when they are due.
@@ -127,12 +89,8 @@ pub struct RetryTopic<S> {
     config: RetryTopicLayer,
 }
 
-fn parsed_header<T: std::str::FromStr>(record: &Record, name: &str) -> Option<T> {
-    record.header(name).and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok())
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl<S> Service<Record> for RetryTopic<S>
@@ -153,7 +111,7 @@ where
         let mut inner = self.inner.clone();
         let config = self.config.clone();
         Box::pin(async move {
-            let attempt: u32 = parsed_header(&record, headers::ATTEMPT).unwrap_or(1);
+            let attempt = provenance::attempt(&record);
             let level = attempt as usize - 1;
             let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();
             let origin = Origin::of(&record);
@@ -168,10 +126,10 @@ where
                 parking.entered(&origin.topic, key, head, level == 0);
                 return Ok(());
             }
-            if let Some(due) = parsed_header::<i64>(&record, headers::DUE) {
-                let wait = due - now_millis();
+            if let Some(due) = provenance::due(&record) {
+                let wait = due.saturating_sub(now_millis());
                 if wait > 0 {
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
             }
             record.extensions_mut().insert(Attempt(attempt));
@@ -199,7 +157,7 @@ where
                 left();
                 return Err(HandlerError::permanent(RetriesExhausted { attempts: attempt, last: error }));
             };
-            let due = now_millis() + delay.unwrap_or(level_delay).max(level_delay).as_millis() as i64;
+            let due = now_millis() + delay.unwrap_or(level_delay).max(level_delay).as_millis() as u64;
             let retry = retry_record(&record, &origin, &group, next, attempt + 1, due, &error);
             send(&config, &record, retry, attempt, next, &error).await?;
             crate::metrics::Meters::of(&record).retry(attempt + 1);
@@ -233,13 +191,17 @@ async fn send(
     }
 }
 
+/// The record as the retry topic of `level` gets it: its key, value and
+/// headers, where it first was and the first failure (kept from a record of
+/// the group's own retry path, else the runtime's own), the attempt it is due
+/// for and when.
 fn retry_record(
     record: &Record,
     origin: &Origin,
     group: &str,
     level: usize,
     next_attempt: u32,
-    due: i64,
+    due: u64,
     error: &HandlerError,
 ) -> Outgoing {
     let topic = retry_topic(&origin.topic, group, level);
@@ -248,19 +210,22 @@ fn retry_record(
         record.key().map(Bytes::copy_from_slice),
         record.payload().map(Bytes::copy_from_slice),
     );
+    let trusted = provenance::trusted(record);
     let ours = [headers::ATTEMPT, headers::DUE, headers::LAST_ERROR];
-    for h in record.headers().iter().filter(|h| !ours.contains(&h.name.as_str())) {
+    for h in provenance::carried(record, trusted).filter(|h| !ours.contains(&h.name.as_str())) {
         out = out.raw_header(h.name.clone(), h.value.clone());
     }
-    if record.header(headers::ORIGINAL_TOPIC).is_none() {
+    if !trusted {
         out = out
             .header(headers::ORIGINAL_TOPIC, origin.topic.clone())
             .header(headers::ORIGINAL_PARTITION, origin.partition.to_string())
-            .header(headers::ORIGINAL_OFFSET, origin.offset.to_string())
-            .header(headers::FIRST_ERROR, error.source_error().to_string());
+            .header(headers::ORIGINAL_OFFSET, origin.offset.to_string());
         if let Some(ts) = origin.timestamp {
             out = out.header(headers::ORIGINAL_TIMESTAMP, ts.to_string());
         }
+    }
+    if !trusted || record.header(headers::FIRST_ERROR).is_none() {
+        out = out.header(headers::FIRST_ERROR, error.source_error().to_string());
     }
     out.header(headers::ATTEMPT, next_attempt.to_string())
         .header(headers::DUE, due.to_string())
