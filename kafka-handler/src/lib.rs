@@ -6,6 +6,7 @@ mod consumer;
 pub mod dedup;
 mod error;
 pub mod extract;
+mod failure;
 mod handler;
 pub mod metrics;
 pub mod middleware;

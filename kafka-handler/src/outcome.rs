@@ -78,9 +78,12 @@ impl HandlerError {
         &*self.source
     }
 
-    /// Whether the failure was caused by a record whose payload did not decode.
+    /// Whether the failure was caused by a record whose payload did not
+    /// decode: not the type the handler takes, not JSON where dedup reads the
+    /// event id from a JSON field, or no payload at all (a tombstone).
     pub fn is_decode(&self) -> bool {
-        self.source.is::<crate::extract::DecodeError>()
+        use crate::failure::FailureKind;
+        matches!(FailureKind::of(self), FailureKind::Decode | FailureKind::Tombstone)
     }
 
     /// Consumes the error, returning the underlying error.

@@ -53,7 +53,7 @@ pub(super) struct Filter {
     /// Only dead letters of this consumer group.
     #[arg(long)]
     group: Option<String>,
-    /// Only this error kind: decode, event-id, panic, retries-exhausted, permanent.
+    /// Only this error kind: decode, tombstone, event-id, panic, retries-exhausted, permanent.
     #[arg(long)]
     kind: Option<String>,
     /// Only records with this key.

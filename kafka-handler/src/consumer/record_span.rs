@@ -203,14 +203,9 @@ pub(crate) fn forwarded(topic: &str, kind: &str, error: &HandlerError) {
     span.record("otel.status_description", display(error.source_error()));
 }
 
+/// The failure's kind, as its dead letter would name it.
 fn kind(error: &HandlerError) -> &'static str {
-    if error.is_decode() {
-        "decode"
-    } else if error.is_panic() {
-        "panic"
-    } else {
-        "permanent"
-    }
+    crate::failure::FailureKind::of(error).as_str()
 }
 
 /// The delivery attempt: 1, or the attempt a record of the group's own

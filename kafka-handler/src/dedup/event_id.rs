@@ -63,12 +63,10 @@ impl EventIdSource {
             }
             #[cfg(feature = "json")]
             Self::Field(name) => {
-                let payload = record.payload().ok_or_else(|| EventIdError::missing(self))?;
+                let payload = record.payload().ok_or_else(|| EventIdError::tombstone(self))?;
                 let mut de = serde_json::Deserializer::from_slice(payload);
-                FindField(name)
-                    .deserialize(&mut de)
-                    .map_err(|e| EventIdError::malformed(self, &e.to_string()))?
-                    .ok_or_else(|| EventIdError::missing(self))?
+                let found = FindField(name).deserialize(&mut de).and_then(|found| de.end().map(|()| found));
+                found.map_err(|e| EventIdError::unreadable(self, &e))?.ok_or_else(|| EventIdError::missing(self))?
             }
             #[cfg(not(feature = "json"))]
             Self::Field(_) => {
@@ -99,20 +97,84 @@ impl fmt::Display for EventIdSource {
 
 /// A record's event id is missing or malformed. With dedup on, such a record
 /// is a permanent failure: it is never handled without the check.
+///
+/// ```
+/// use kafka_handler::dedup::{EventIdErrorKind, EventIdSource};
+/// use kafka_handler::Record;
+///
+/// let kind = |record: Record| EventIdSource::default().event_id(&record).unwrap_err().kind();
+/// assert_eq!(kind(Record::builder("t").payload(r#"{"id":1}"#).build()), EventIdErrorKind::Missing);
+/// assert_eq!(kind(Record::builder("t").payload(r#"{"eventId":""}"#).build()), EventIdErrorKind::Malformed);
+/// assert_eq!(kind(Record::builder("t").payload("{not json").build()), EventIdErrorKind::NotJson);
+/// assert_eq!(kind(Record::builder("t").build()), EventIdErrorKind::Tombstone);
+/// ```
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("event id ({source_name}) {problem}")]
 pub struct EventIdError {
+    kind: EventIdErrorKind,
     source_name: String,
     problem: String,
 }
 
+/// What is wrong with a record's event id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventIdErrorKind {
+    /// The payload is valid, but there is no id where the source says: no
+    /// such field (or it is `null`), no such header.
+    Missing,
+    /// There is one, but it is not a usable id: not a string or an integer,
+    /// empty, longer than 255 bytes, with control characters, not UTF-8; or
+    /// the payload is JSON but not an object.
+    Malformed,
+    /// The id is a payload field and the payload is not JSON at all: it does
+    /// not decode. Its dead letter's kind is `decode`.
+    NotJson,
+    /// The id is a payload field and the record has no payload (a
+    /// tombstone). Its dead letter's kind is `tombstone`.
+    Tombstone,
+}
+
 impl EventIdError {
+    /// What is wrong.
+    pub fn kind(&self) -> EventIdErrorKind {
+        self.kind
+    }
+
     fn missing(source: &EventIdSource) -> Self {
-        Self { source_name: source.to_string(), problem: "missing".into() }
+        Self { kind: EventIdErrorKind::Missing, source_name: source.to_string(), problem: "missing".into() }
     }
 
     fn malformed(source: &EventIdSource, why: &str) -> Self {
-        Self { source_name: source.to_string(), problem: format!("malformed: {why}") }
+        Self {
+            kind: EventIdErrorKind::Malformed,
+            source_name: source.to_string(),
+            problem: format!("malformed: {why}"),
+        }
+    }
+
+    #[cfg(feature = "json")]
+    fn tombstone(source: &EventIdSource) -> Self {
+        Self {
+            kind: EventIdErrorKind::Tombstone,
+            source_name: source.to_string(),
+            problem: "missing: the record has no payload (a tombstone)".into(),
+        }
+    }
+
+    /// The payload did not give up the field: not JSON (a syntax error or
+    /// cut short), or JSON of the wrong shape.
+    #[cfg(feature = "json")]
+    fn unreadable(source: &EventIdSource, e: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof => Self {
+                kind: EventIdErrorKind::NotJson,
+                source_name: source.to_string(),
+                problem: format!("unreadable: the payload is not JSON: {e}"),
+            },
+            Category::Data | Category::Io => Self::malformed(source, &e.to_string()),
+        }
     }
 }
 
@@ -220,10 +282,32 @@ mod tests {
         assert!(id(r#"{"eventId":""}"#).unwrap_err().to_string().contains("empty"));
         assert!(id(r#"{"eventId":1.5}"#).unwrap_err().to_string().contains("malformed"));
         assert!(id("[1]").unwrap_err().to_string().contains("malformed"));
-        assert!(id("{not json").unwrap_err().to_string().contains("malformed"));
+        assert!(id("{not json").unwrap_err().to_string().contains("not JSON"));
         let long = format!(r#"{{"eventId":"{}"}}"#, "x".repeat(300));
         assert!(id(&long).unwrap_err().to_string().contains("255"));
         let r = Record::builder("t").header("id", vec![0xff, 0xfe]).build();
         assert!(EventIdSource::header("id").event_id(&r).unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn tells_a_payload_that_is_not_json_and_a_tombstone_from_a_bad_id() {
+        let kind = |payload: &str| id(payload).unwrap_err().kind();
+        for bad_json in ["{not json", "", "{\"eventId\":\"e-1\"", "{\"eventId\":\"e-1\"} trailing", "\u{0}"] {
+            assert_eq!(kind(bad_json), EventIdErrorKind::NotJson, "{bad_json:?}");
+        }
+        for bad_id in ["[1]", "\"e-1\"", r#"{"eventId":1.5}"#, r#"{"eventId":""}"#, r#"{"eventId":{"a":1}}"#] {
+            assert_eq!(kind(bad_id), EventIdErrorKind::Malformed, "{bad_id:?}");
+        }
+        for no_id in [r#"{"x":1}"#, r#"{"eventId":null}"#] {
+            assert_eq!(kind(no_id), EventIdErrorKind::Missing, "{no_id:?}");
+        }
+        let tombstone = EventIdSource::default().event_id(&Record::builder("t").build()).unwrap_err();
+        assert_eq!(tombstone.kind(), EventIdErrorKind::Tombstone);
+        assert!(tombstone.to_string().contains("tombstone"), "{tombstone}");
+        // A header id does not need a payload.
+        let r = Record::builder("t").header("id", "e-1").build();
+        assert_eq!(&*EventIdSource::header("id").event_id(&r).unwrap(), "e-1");
+        let missing = EventIdSource::header("id").event_id(&Record::builder("t").build()).unwrap_err();
+        assert_eq!(missing.kind(), EventIdErrorKind::Missing);
     }
 }

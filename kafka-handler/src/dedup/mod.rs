@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod transactional;
 
-pub use self::event_id::{EventId, EventIdError, EventIdSource};
+pub use self::event_id::{EventId, EventIdError, EventIdErrorKind, EventIdSource};
 use crate::BoxError;
 
 /// A claim on one event id by one owner: what a [`DedupStore`] records.

@@ -6,7 +6,7 @@ use crate::{HandlerError, Record};
 
 /// A JSON payload decoded with serde.
 ///
-/// A null or malformed payload is a permanent [`DecodeError`].
+/// A null (tombstone) or malformed payload is a permanent [`DecodeError`].
 ///
 /// ```
 /// use kafka_handler::{extract::{FromRecord, Json}, Disposition, Record};
@@ -30,8 +30,7 @@ impl<T: DeserializeOwned> FromRecord for Json<T> {
     const __READS_HEADERS: bool = false;
 
     fn from_record(record: &mut Record) -> Result<Self, HandlerError> {
-        let payload =
-            record.payload().ok_or_else(|| HandlerError::permanent(DecodeError::new("the payload is null")))?;
+        let payload = record.payload().ok_or_else(|| HandlerError::permanent(DecodeError::tombstone()))?;
         serde_json::from_slice(payload)
             .map(Json)
             .map_err(|e| HandlerError::permanent(DecodeError::new(format!("invalid JSON: {e}"))))

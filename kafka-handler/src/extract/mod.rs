@@ -67,12 +67,24 @@ impl<T: FromRecord> FromRecord for Option<T> {
 #[derive(Debug)]
 pub struct DecodeError {
     reason: String,
+    tombstone: bool,
 }
 
 impl DecodeError {
     /// A decode failure with the given reason.
     pub fn new(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into() }
+        Self { reason: reason.into(), tombstone: false }
+    }
+
+    /// The record has no payload (a tombstone) to decode.
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
+    pub(crate) fn tombstone() -> Self {
+        Self { reason: "the record has no payload (a tombstone)".into(), tombstone: true }
+    }
+
+    /// Whether the record had no payload at all.
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.tombstone
     }
 
     /// Why the payload did not decode.

@@ -14,7 +14,7 @@
 //! | `dlt.original.topic`, `dlt.original.partition`, `dlt.original.offset` | where the record was |
 //! | `dlt.original.timestamp` | its timestamp, ms since the epoch (if it had one) |
 //! | `dlt.group` | the consumer group that gave up on it |
-//! | `dlt.error.kind` | `decode`, `event-id` (missing or malformed, with dedup on), `panic`, `retries-exhausted` or `permanent` |
+//! | `dlt.error.kind` | `decode` (the payload does not decode, also when dedup reads the event id from a payload that is not JSON), `tombstone` (no payload, and the handler or dedup needs one), `event-id` (with dedup on, a valid payload without a usable event id: missing or malformed), `panic`, `retries-exhausted` or `permanent` |
 //! | `dlt.error.message` | the error, as text |
 //! | `dlt.attempts` | how many attempts were made |
 //! | `dlt.payload.dropped` | only when the payload was too large for the dead-letter topic: its size; the dead letter then has no value |
@@ -35,6 +35,7 @@ use tower::Service;
 
 pub use self::layer::DeadLetterLayer;
 use crate::extract::{Attempt, Group, Origin};
+use crate::failure::FailureKind;
 use crate::handler::BoxHandlerFuture;
 use crate::outcome::BoxError;
 use crate::provenance;
@@ -52,7 +53,7 @@ pub mod headers {
     pub const ORIGINAL_TIMESTAMP: &str = "dlt.original.timestamp";
     /// The consumer group that gave up.
     pub const GROUP: &str = "dlt.group";
-    /// `decode`, `event-id`, `panic`, `retries-exhausted` or `permanent`.
+    /// `decode`, `tombstone`, `event-id`, `panic`, `retries-exhausted` or `permanent`.
     pub const ERROR_KIND: &str = "dlt.error.kind";
     /// The error message.
     pub const ERROR_MESSAGE: &str = "dlt.error.message";
@@ -95,7 +96,7 @@ where
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(error)) if error.disposition() != Disposition::Permanent => return Err(error),
                 Ok(Err(error)) => {
-                    let kind = kind_of(&error);
+                    let kind = FailureKind::of(&error).as_str();
                     (error, kind)
                 }
                 Err(panic) => (HandlerError::from_panic(panic), "panic"),
@@ -123,30 +124,6 @@ where
             }
         })
     }
-}
-
-fn kind_of(error: &HandlerError) -> &'static str {
-    if error.is_decode() {
-        "decode"
-    } else if error.source_error().is::<crate::dedup::EventIdError>() {
-        "event-id"
-    } else if error.is_panic() {
-        "panic"
-    } else if is_exhausted(error) {
-        "retries-exhausted"
-    } else {
-        "permanent"
-    }
-}
-
-#[cfg(feature = "retry")]
-fn is_exhausted(error: &HandlerError) -> bool {
-    error.source_error().is::<crate::middleware::RetriesExhausted>()
-}
-
-#[cfg(not(feature = "retry"))]
-fn is_exhausted(_error: &HandlerError) -> bool {
-    false
 }
 
 fn attempts_of(error: &HandlerError, record: &Record) -> u32 {
