@@ -1,5 +1,6 @@
 //! `kafka-handler dlt list | show | replay`.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -8,9 +9,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::middleware::dead_letter::{headers as dlt, redrive_topic};
-use crate::middleware::retry_topic::headers as retry;
-use crate::{Error, Outgoing, Producer};
+use super::{Console, Error as CliError};
+use crate::Error;
+use crate::middleware::dead_letter::headers as dlt;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum DltCommand {
@@ -49,7 +50,7 @@ pub(super) enum DltCommand {
 pub(super) struct Filter {
     /// The dead-letter topic, e.g. `order.created.dlt`.
     #[arg(long)]
-    topic: String,
+    pub(super) topic: String,
     /// Only dead letters of this consumer group.
     #[arg(long)]
     group: Option<String>,
@@ -91,17 +92,17 @@ fn now_millis() -> i64 {
 }
 
 /// A dead letter as read back.
-struct DeadLetter {
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
-    key: Option<Bytes>,
-    payload: Option<Bytes>,
-    headers: Vec<(String, Option<Bytes>)>,
+pub(super) struct DeadLetter {
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) timestamp: Option<i64>,
+    pub(super) key: Option<Bytes>,
+    pub(super) payload: Option<Bytes>,
+    pub(super) headers: Vec<(String, Option<Bytes>)>,
 }
 
 impl DeadLetter {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .rev()
@@ -171,7 +172,7 @@ fn read(bootstrap: &str, topic: &str, mut keep: impl FnMut(DeadLetter) -> bool) 
     Ok(())
 }
 
-fn matching(bootstrap: &str, filter: &Filter) -> Result<Vec<DeadLetter>, Error> {
+pub(super) fn matching(bootstrap: &str, filter: &Filter) -> Result<Vec<DeadLetter>, Error> {
     let mut found = Vec::new();
     read(bootstrap, &filter.topic, |letter| {
         if letter.matches(filter) {
@@ -182,7 +183,7 @@ fn matching(bootstrap: &str, filter: &Filter) -> Result<Vec<DeadLetter>, Error> 
     Ok(found)
 }
 
-fn line(l: &DeadLetter) -> String {
+pub(super) fn line(l: &DeadLetter) -> String {
     let h = |name| l.header(name).unwrap_or("-");
     format!(
         "{}@{}  from {}[{}]@{}  group={}  kind={}  attempts={}  key={}  {}",
@@ -194,19 +195,34 @@ fn line(l: &DeadLetter) -> String {
         h(dlt::GROUP),
         h(dlt::ERROR_KIND),
         h(dlt::ATTEMPTS),
-        l.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+        l.key.as_deref().map(escaped).unwrap_or_default(),
         h(dlt::ERROR_MESSAGE),
     )
 }
 
-pub(super) async fn run(bootstrap: &str, command: DltCommand) -> Result<(), Error> {
+/// `bytes` as text: valid UTF-8 unchanged, any other byte escaped as `\xNN`,
+/// so that binary keys, headers and payloads neither garble the terminal
+/// nor are silently replaced.
+fn escaped(bytes: &[u8]) -> Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Cow::Borrowed(text);
+    }
+    let mut text = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        text.extend(chunk.invalid().escape_ascii().map(char::from));
+    }
+    Cow::Owned(text)
+}
+
+pub(super) async fn run(bootstrap: &str, command: DltCommand, console: &mut Console<'_>) -> Result<(), CliError> {
     match command {
         DltCommand::List { filter } => {
             let found = matching(bootstrap, &filter)?;
             for l in &found {
-                println!("{}", line(l));
+                console.out(line(l));
             }
-            eprintln!("{} dead letters", found.len());
+            console.err(format_args!("{} dead letters", found.len()));
         }
         DltCommand::Show { topic, partition, offset } => {
             let mut found = None;
@@ -218,69 +234,35 @@ pub(super) async fn run(bootstrap: &str, command: DltCommand) -> Result<(), Erro
                 true
             })?;
             let l = found.ok_or_else(|| Error::Config(format!("no dead letter at {topic}[{partition}]@{offset}")))?;
-            println!("{}", line(&l));
+            console.out(line(&l));
             for (name, value) in &l.headers {
-                println!("  {name}: {}", value.as_deref().map(String::from_utf8_lossy).unwrap_or("(null)".into()));
+                console.out(format_args!(
+                    "  {}: {}",
+                    escaped(name.as_bytes()),
+                    value.as_deref().map_or("(null)".into(), escaped)
+                ));
             }
             match l.payload.as_deref() {
-                Some(p) => println!("{}", String::from_utf8_lossy(p)),
-                None => println!("(no payload)"),
+                Some(p) => console.out(escaped(p)),
+                None => console.out("(no payload)"),
             }
         }
-        DltCommand::Replay { filter, dry_run, rate } => replay(bootstrap, &filter, dry_run, rate).await?,
+        DltCommand::Replay { filter, dry_run, rate } => {
+            super::replay::replay(bootstrap, &filter, dry_run, rate, console).await?;
+        }
     }
     Ok(())
 }
 
-async fn replay(bootstrap: &str, filter: &Filter, dry_run: bool, rate: f64) -> Result<(), Error> {
-    let found = matching(bootstrap, filter)?;
-    if dry_run {
-        for l in &found {
-            println!("would replay {}", line(l));
-        }
-        eprintln!("{} dead letters would be replayed", found.len());
-        return Ok(());
-    }
-    let producer = Producer::builder().bootstrap_servers(bootstrap).build()?;
-    let progress = indicatif::ProgressBar::new(found.len() as u64);
-    let mut pace = (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate)));
-    let mut replayed = 0;
-    for l in &found {
-        let (Some(topic), Some(group)) = (l.header(dlt::ORIGINAL_TOPIC), l.header(dlt::GROUP)) else {
-            progress.println(format!("skipping {}@{}: no provenance headers", l.partition, l.offset));
-            continue;
-        };
-        if l.header(dlt::PAYLOAD_DROPPED).is_some() {
-            progress.println(format!("skipping {}@{}: its payload was too large to keep", l.partition, l.offset));
-            continue;
-        }
-        if let Some(pace) = pace.as_mut() {
-            pace.tick().await;
-        }
-        producer.send(redrive(l, topic, group)).await?;
-        replayed += 1;
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
-    eprintln!("replayed {replayed} of {} dead letters", found.len());
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The dead letter as the failing group will read it again: original key,
-/// value and headers, and where it first was, so a new failure keeps that
-/// provenance.
-fn redrive(l: &DeadLetter, topic: &str, group: &str) -> Outgoing {
-    let mut out = Outgoing::from_parts(redrive_topic(topic, group), l.key.clone(), l.payload.clone());
-    for (name, value) in l.headers.iter().filter(|(n, _)| !n.starts_with("dlt.") && !n.starts_with("retry.")) {
-        out = out.raw_header(name.clone(), value.clone());
+    #[test]
+    fn escapes_only_what_is_not_utf8() {
+        assert_eq!(escaped(b"plain {\"json\": 1}\n"), "plain {\"json\": 1}\n");
+        assert_eq!(escaped("h\u{e9}llo \u{2026}".as_bytes()), "h\u{e9}llo \u{2026}");
+        assert_eq!(escaped(b"\xff\xfe"), r"\xff\xfe");
+        assert_eq!(escaped(b"ok\x80ok\xc3"), r"ok\x80ok\xc3");
     }
-    let h = |name| l.header(name).unwrap_or_default().to_owned();
-    out = out
-        .header(retry::ORIGINAL_TOPIC, topic.to_owned())
-        .header(retry::ORIGINAL_PARTITION, h(dlt::ORIGINAL_PARTITION))
-        .header(retry::ORIGINAL_OFFSET, h(dlt::ORIGINAL_OFFSET));
-    if let Some(ts) = l.header(dlt::ORIGINAL_TIMESTAMP) {
-        out = out.header(retry::ORIGINAL_TIMESTAMP, ts.to_owned());
-    }
-    out
 }
