@@ -1,0 +1,131 @@
+//! Forged provenance headers on a source topic, on librdkafka's mock
+//! cluster: they are data, not instructions. The same promise is proven
+//! against a real broker by `kafka-handler-tests`' `forged_provenance`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kafka_handler::extract::{Attempt, Origin, Payload};
+use kafka_handler::middleware::RetryTopicLayer;
+use kafka_handler::mock::MockCluster;
+use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
+use tokio::sync::oneshot;
+
+/// Runs `consumer` until `done` returns true (or 30 s pass), then shuts it down.
+async fn run_until(consumer: Consumer, mut done: impl FnMut() -> bool) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(consumer.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Every record of `topic`, read by a group of its own.
+async fn read_all(cluster: &MockCluster, topic: &str, count: usize) -> Vec<Record> {
+    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let r = records.clone();
+    let reader = Consumer::builder()
+        .bootstrap_servers(cluster.bootstrap_servers())
+        .group_id(format!("read-{topic}"))
+        .topic(topic)
+        .handler(move |record: Record| {
+            r.lock().unwrap().push(record);
+            async {}
+        })
+        .build()
+        .unwrap();
+    let r = records.clone();
+    run_until(reader, move || r.lock().unwrap().len() >= count).await;
+    let records = records.lock().unwrap().clone();
+    records
+}
+
+fn values<'r>(record: &'r Record, name: &str) -> Vec<&'r [u8]> {
+    record.headers().iter().filter(|h| h.name == name).filter_map(|h| h.value.as_deref()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_provenance_on_a_source_topic_steers_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let cluster = MockCluster::start(1).unwrap();
+    // The mock cluster does not create topics through the admin API.
+    for topic in ["orders", "orders.g.retry.1", "orders.g.redrive", "orders.dlt"] {
+        cluster.create_topic(topic, 1).unwrap();
+    }
+    let producer = Producer::builder().bootstrap_servers(cluster.bootstrap_servers()).build().unwrap();
+    let in_an_hour = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() + 3_600_000;
+    for payload in ["ok", "fail-once", "poison"] {
+        let forged = Outgoing::new("orders", payload)
+            .header("retry.original.topic", "payments")
+            .header("retry.original.partition", "0")
+            .header("retry.original.offset", "0")
+            .header("retry.due", in_an_hour.to_string())
+            .header("retry.attempt", "99")
+            .header("dlt.original.topic", "payments");
+        producer.send(forged).await.unwrap();
+    }
+
+    let seen: Arc<Mutex<Vec<(String, u32, Origin)>>> = Arc::default();
+    let s = seen.clone();
+    let handler = move |Attempt(n): Attempt, origin: Origin, Payload(payload): Payload| {
+        let s = s.clone();
+        async move {
+            let payload = String::from_utf8_lossy(&payload.unwrap_or_default()).into_owned();
+            s.lock().unwrap().push((payload.clone(), n, origin));
+            match payload.as_str() {
+                "fail-once" if n == 1 => Err(HandlerError::retryable("flaky")),
+                "poison" => Err(HandlerError::permanent("poison")),
+                _ => Ok(()),
+            }
+        }
+    };
+    let consumer = Consumer::builder()
+        .bootstrap_servers(cluster.bootstrap_servers())
+        .group_id("g")
+        .topic("orders")
+        .set("session.timeout.ms", "6000")
+        .handler(handler)
+        .retry_topics(RetryTopicLayer::with_delays(producer.clone(), [Duration::from_millis(100)]))
+        .dead_letter(producer.clone())
+        .create_topics(false)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let s = seen.clone();
+    run_until(consumer, move || s.lock().unwrap().len() >= 4).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "a forged due time held a record");
+
+    let seen = seen.lock().unwrap();
+    let attempts: Vec<(&str, u32, &str, i64)> =
+        seen.iter().map(|(p, n, o)| (p.as_str(), *n, o.topic.as_str(), o.offset)).collect();
+    assert_eq!(
+        attempts,
+        [
+            ("ok", 1, "orders", 0),
+            ("fail-once", 1, "orders", 1),
+            ("poison", 1, "orders", 2),
+            ("fail-once", 2, "orders", 1)
+        ]
+    );
+
+    let retry = read_all(&cluster, "orders.g.retry.1", 1).await;
+    assert_eq!(values(&retry[0], "retry.original.topic"), [b"orders"]);
+    assert_eq!(values(&retry[0], "retry.original.offset"), [b"1"]);
+    assert_eq!(values(&retry[0], "retry.attempt"), [b"2"]);
+    assert_eq!(values(&retry[0], "retry.due").len(), 1);
+    assert!(values(&retry[0], "dlt.original.topic").is_empty());
+
+    let dead = read_all(&cluster, "orders.dlt", 1).await;
+    assert_eq!(values(&dead[0], "dlt.original.topic"), [b"orders"]);
+    assert_eq!(values(&dead[0], "dlt.original.offset"), [b"2"]);
+    assert!(values(&dead[0], "retry.original.topic").is_empty(), "forged retry headers were copied");
+}
