@@ -71,6 +71,11 @@ impl ConsumerProcess {
         ConsumerProcess { child, stderr_path }
     }
 
+    /// The process id, as the handled-event log records it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to finish or commit anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -7,11 +7,17 @@
 //! * 0 missing and 0 per-key order violations while scaling 1 → 3 → 1
 //!   consumers, in every ordering mode that promises order, with the classic
 //!   (cooperative-sticky) and the KIP-848 group protocols.
+//!
+//! Each test also asserts that its scenario happened (the process was
+//! stopped mid-stream, producing went on while the group scaled), so that
+//! "0 missing" cannot hold because nothing was put to the test.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use kafka_handler::Producer;
-use kafka_handler_tests::events::{distinct, expected, produce, read_log, tally, wait_for};
+use kafka_handler_tests::events::{Handled, distinct, expected, produce, read_log, tally, wait_for};
 use kafka_handler_tests::process::{ConsumerArgs, ConsumerProcess};
 use kafka_handler_tests::{TestDir, bootstrap, create_topic, init_tracing, random_name};
 
@@ -47,6 +53,15 @@ async fn setup(name: &str, partitions: i32, ordering: &'static str, protocol: &'
     Setup { args, dir, producer }
 }
 
+/// Log lines written by the process `pid`.
+fn handled_by(log: &[Handled], pid: u32) -> usize {
+    log.iter().filter(|h| h.pid == pid).count()
+}
+
+/// 20,000 events, the consumer SIGKILLed after about 5,000 and restarted:
+/// 0 missing, 0 per-partition order violations (duplicates are allowed:
+/// at-least-once). The kill was mid-stream: the first process handled some
+/// events but not all, the restart handled events too.
 #[tokio::test]
 async fn sigkill_mid_stream_then_restart_misses_nothing() {
     let _serial = SERIAL.lock().await;
@@ -57,30 +72,43 @@ async fn sigkill_mid_stream_then_restart_misses_nothing() {
     let mut first = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "first");
     wait_for(&s.args.log, Duration::from_secs(90), |log| log.len() >= 5_000).await;
     first.kill();
-    let at_kill = read_log(&s.args.log).len();
+    let at_kill = distinct(&read_log(&s.args.log));
 
     let mut second = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "second");
     let log = wait_for(&s.args.log, Duration::from_secs(120), |log| distinct(log) >= n as usize).await;
     second.assert_running();
     let t = tally(&expected(keys, n), &log);
-    eprintln!("sigkill: produced {n}, handled before kill {at_kill}, {t:?}");
+    let (by_first, by_second) = (handled_by(&log, first.pid()), handled_by(&log, second.pid()));
+    eprintln!(
+        "sigkill: produced {n}, handled before kill {at_kill}, lines by first {by_first}, by restart {by_second}, {t:?}"
+    );
+    assert!(at_kill > 0 && at_kill < n as usize, "not killed mid-stream: {at_kill} of {n} handled before the kill");
+    assert!(by_second > 0, "the restarted process handled nothing");
+    assert_eq!(by_first + by_second, log.len(), "log lines from another process");
     assert_eq!(t.missing, 0, "events lost across SIGKILL");
     assert_eq!(t.unexpected, 0);
     assert_eq!(t.order_violations, 0, "per-partition order broken across restart");
     second.terminate(Duration::from_secs(30));
 }
 
+/// 20,000 events; SIGTERM to the consumer once it has handled 2,000 (it
+/// still finishes the records it has taken), then a restart: 0 missing,
+/// 0 duplicated, 0 per-key order violations. The stop was mid-stream: the
+/// first process handled some events but not all, and the restart handled
+/// exactly the others.
 #[tokio::test]
 async fn clean_shutdown_then_restart_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let (keys, n) = (50, 20_000);
-    let s = setup("clean", 6, "key", "classic", 1).await;
+    let s = setup("clean", 6, "key", "classic", 5).await;
     produce(&s.producer, &s.args.topic, keys, 0, n).await;
 
     let mut first = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "first");
-    wait_for(&s.args.log, Duration::from_secs(90), |log| log.len() >= 5_000).await;
+    // The stop finishes every record already taken, up to 10,000 buffered
+    // ones: signal early, and slowly enough to leave events for the restart.
+    wait_for(&s.args.log, Duration::from_secs(90), |log| log.len() >= 2_000).await;
     first.terminate(Duration::from_secs(30));
-    let at_stop = read_log(&s.args.log).len();
+    let at_stop = distinct(&read_log(&s.args.log));
 
     let mut second = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "second");
     let log = wait_for(&s.args.log, Duration::from_secs(120), |log| distinct(log) >= n as usize).await;
@@ -89,25 +117,41 @@ async fn clean_shutdown_then_restart_duplicates_nothing() {
     second.terminate(Duration::from_secs(30));
     let log = if read_log(&s.args.log).len() > log.len() { read_log(&s.args.log) } else { log };
     let t = tally(&expected(keys, n), &log);
-    eprintln!("clean restart: produced {n}, handled before stop {at_stop}, {t:?}");
+    let (by_first, by_second) = (handled_by(&log, first.pid()), handled_by(&log, second.pid()));
+    eprintln!(
+        "clean restart: produced {n}, handled before stop {at_stop}, lines by first {by_first}, by restart {by_second}, {t:?}"
+    );
+    assert!(at_stop > 0 && at_stop < n as usize, "not stopped mid-stream: {at_stop} of {n} handled before the stop");
+    assert_eq!(by_second, n as usize - at_stop, "the restart did not handle exactly the events left");
     assert_eq!(t.missing, 0);
     assert_eq!(t.duplicated, 0, "a clean shutdown must commit everything it finished");
     assert_eq!(t.order_violations, 0);
 }
 
-/// Produces in the background while consumers go 1 → 3 → 1.
+/// Produces in the background while consumers go 1 → 3 → 1: 0 missing,
+/// 0 per-key order violations. The scenario is checked too: each of the 3
+/// processes handled events, producing went on while the group scaled in,
+/// and what was produced after the scale-in the remaining process handled.
+///
+/// Runs on a multi-threaded runtime: `terminate` blocks its thread, and the
+/// producer must go on meanwhile.
 async fn scale_out_and_in(ordering: &'static str, protocol: &'static str) {
     let _serial = SERIAL.lock().await;
-    let (keys, batches, per_batch) = (40u64, 24u64, 500u64);
-    let n = batches * per_batch;
+    let (keys, per_batch) = (40u64, 20u64);
     let s = setup(&format!("scale-{ordering}-{protocol}"), 6, ordering, protocol, 2).await;
+    // Events acknowledged so far, about 1,000 a second in small batches, so
+    // that even a short scale-in sees some produced.
+    let produced = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let producing = {
-        let producer = s.producer.clone();
-        let topic = s.args.topic.clone();
+        let (producer, topic) = (s.producer.clone(), s.args.topic.clone());
+        let (produced, stop) = (produced.clone(), stop.clone());
         tokio::spawn(async move {
-            for b in 0..batches {
-                produce(&producer, &topic, keys, b * per_batch, per_batch).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            while !stop.load(SeqCst) {
+                let start = produced.load(SeqCst);
+                produce(&producer, &topic, keys, start, per_batch).await;
+                produced.store(start + per_batch, SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
@@ -115,41 +159,70 @@ async fn scale_out_and_in(ordering: &'static str, protocol: &'static str) {
     wait_for(&s.args.log, Duration::from_secs(60), |log| log.len() >= 1_000).await;
     let mut c2 = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "c2");
     let mut c3 = ConsumerProcess::spawn(BIN, &s.args, &s.dir.0, "c3");
+    let pids = [c1.pid(), c2.pid(), c3.pid()];
     // Let the group spread out and every member handle something.
-    let pids = |log: &[kafka_handler_tests::events::Handled]| {
-        log.iter().map(|h| h.pid).collect::<std::collections::HashSet<_>>().len()
-    };
-    wait_for(&s.args.log, Duration::from_secs(60), |log| pids(log) >= 3).await;
+    wait_for(&s.args.log, Duration::from_secs(60), |log| pids.iter().all(|&p| handled_by(log, p) > 0)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (at_scale_in, scale_in) = (produced.load(SeqCst), std::time::Instant::now());
     c2.terminate(Duration::from_secs(40));
     c3.terminate(Duration::from_secs(40));
+    let (after_scale_in, scale_in) = (produced.load(SeqCst), scale_in.elapsed());
+    // The remaining process alone, while producing goes on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, SeqCst);
     producing.await.unwrap();
+    let n = produced.load(SeqCst);
     let log = wait_for(&s.args.log, Duration::from_secs(120), |log| distinct(log) >= n as usize).await;
     c1.assert_running();
     let t = tally(&expected(keys, n), &log);
-    eprintln!("scale {ordering}/{protocol}: produced {n}, consumers seen {}, {t:?}", pids(&log));
+    let per_process = pids.map(|p| handled_by(&log, p));
+    // Distinct events that c1 handled of those produced from the `from`-th
+    // on (event i is key i % keys, seq i / keys).
+    let c1_handled_from = |from: u64| {
+        let late = log.iter().filter(|h| h.pid == pids[0] && h.key[1..].parse::<u64>().unwrap() + h.seq * keys >= from);
+        distinct(&late.cloned().collect::<Vec<_>>()) as u64
+    };
+    let (during, after) = (after_scale_in - at_scale_in, n - after_scale_in);
+    eprintln!(
+        "scale {ordering}/{protocol}: produced {n}, {during} of them while scaling in ({scale_in:.1?}) and {after} after; \
+         lines by c1/c2/c3 {per_process:?}; c1 handled {} of the {} produced since the scale-in began; {t:?}",
+        c1_handled_from(at_scale_in),
+        n - at_scale_in,
+    );
+    assert!(per_process.iter().all(|&c| c > 0), "not all 3 processes consumed at the peak: {per_process:?}");
+    assert!(during > 0, "nothing was produced while the group scaled in");
+    assert!(after > 0, "nothing was produced after the scale-in");
+    assert_eq!(
+        c1_handled_from(after_scale_in),
+        after,
+        "the remaining process missed events produced after the scale-in"
+    );
     assert_eq!(t.missing, 0, "events lost while scaling");
     assert_eq!(t.unexpected, 0);
     assert_eq!(t.order_violations, 0, "per-key order broken while scaling");
     c1.terminate(Duration::from_secs(30));
 }
 
-#[tokio::test]
+/// [`scale_out_and_in`] with partition ordering and the classic protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_partition_ordered_classic() {
     scale_out_and_in("partition", "classic").await;
 }
 
-#[tokio::test]
+/// [`scale_out_and_in`] with key ordering and the classic protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_key_ordered_classic() {
     scale_out_and_in("key", "classic").await;
 }
 
-#[tokio::test]
+/// [`scale_out_and_in`] with partition ordering and the KIP-848 protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_partition_ordered_kip848() {
     scale_out_and_in("partition", "consumer").await;
 }
 
-#[tokio::test]
+/// [`scale_out_and_in`] with key ordering and the KIP-848 protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_key_ordered_kip848() {
     scale_out_and_in("key", "consumer").await;
 }
