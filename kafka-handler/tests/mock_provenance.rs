@@ -42,8 +42,7 @@ async fn read_all(cluster: &MockCluster, topic: &str, count: usize) -> Vec<Recor
         .unwrap();
     let r = records.clone();
     run_until(reader, move || r.lock().unwrap().len() >= count).await;
-    let records = records.lock().unwrap().clone();
-    records
+    records.lock().unwrap().clone()
 }
 
 fn values<'r>(record: &'r Record, name: &str) -> Vec<&'r [u8]> {
@@ -104,18 +103,11 @@ async fn forged_provenance_on_a_source_topic_steers_nothing() {
     run_until(consumer, move || s.lock().unwrap().len() >= 4).await;
     assert!(started.elapsed() < Duration::from_secs(20), "a forged due time held a record");
 
-    let seen = seen.lock().unwrap();
-    let attempts: Vec<(&str, u32, &str, i64)> =
-        seen.iter().map(|(p, n, o)| (p.as_str(), *n, o.topic.as_str(), o.offset)).collect();
-    assert_eq!(
-        attempts,
-        [
-            ("ok", 1, "orders", 0),
-            ("fail-once", 1, "orders", 1),
-            ("poison", 1, "orders", 2),
-            ("fail-once", 2, "orders", 1)
-        ]
-    );
+    let attempts: Vec<(String, u32, String, i64)> =
+        seen.lock().unwrap().iter().map(|(p, n, o)| (p.clone(), *n, o.topic.clone(), o.offset)).collect();
+    let expected = [("ok", 1, 0), ("fail-once", 1, 1), ("poison", 1, 2), ("fail-once", 2, 1)]
+        .map(|(payload, attempt, offset)| (payload.to_owned(), attempt, "orders".to_owned(), offset));
+    assert_eq!(attempts, expected, "(payload, attempt, origin topic, origin offset)");
 
     let retry = read_all(&cluster, "orders.g.retry.1", 1).await;
     assert_eq!(values(&retry[0], "retry.original.topic"), [b"orders"]);
