@@ -26,7 +26,7 @@ use kafka_handler::middleware::DedupLayer;
 use kafka_handler::{Consumer, HandlerError, Ordering, Outgoing, Producer, Record};
 use kafka_handler_tests::events::{TestEvent, distinct, expected, produce, read_log, tally};
 use kafka_handler_tests::process::{ConsumerArgs, ConsumerProcess, read_stats};
-use kafka_handler_tests::stores::{self, Mode, RecordEffect, TxService};
+use kafka_handler_tests::stores::{self, Mode, RecordEffect};
 use kafka_handler_tests::{TestDir, bootstrap, create_topic, init_tracing, random_name, testbed_node};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kh-test-consumer");
@@ -35,16 +35,41 @@ const BIN: &str = env!("CARGO_BIN_EXE_kh-test-consumer");
 /// stops Redis.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// What a store-mode handler did, per event id.
+/// What the handler did, per event id: its runs (in every mode) and its
+/// effects (in the store modes; the transactional modes count effect rows).
 #[derive(Default)]
 struct Effects {
     count: Mutex<HashMap<String, u32>>,
     running: Mutex<HashSet<String>>,
+    /// Handler runs started.
+    runs: Mutex<u32>,
     /// Times the handler started for an event whose handler was running.
     concurrent: Mutex<u32>,
 }
 
+/// One handler run of an event, in flight until dropped.
+struct Run<'a> {
+    effects: &'a Effects,
+    event_id: String,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        self.effects.running.lock().unwrap().remove(&self.event_id);
+    }
+}
+
 impl Effects {
+    /// Counts a run of `event_id` starting, and whether another run of it
+    /// is in flight.
+    fn start(&self, event_id: &str) -> Run<'_> {
+        *self.runs.lock().unwrap() += 1;
+        if !self.running.lock().unwrap().insert(event_id.to_owned()) {
+            *self.concurrent.lock().unwrap() += 1;
+        }
+        Run { effects: self, event_id: event_id.to_owned() }
+    }
+
     /// The handler: marks the event running, waits `delay(event)`, counts
     /// the effect.
     fn handler(
@@ -56,18 +81,31 @@ impl Effects {
             let effects = effects.clone();
             let delay = delay(&event);
             Box::pin(async move {
-                if !effects.running.lock().unwrap().insert(event.event_id.clone()) {
-                    *effects.concurrent.lock().unwrap() += 1;
-                }
+                let _run = effects.start(&event.event_id);
                 tokio::time::sleep(delay).await;
                 *effects.count.lock().unwrap().entry(event.event_id.clone()).or_default() += 1;
-                effects.running.lock().unwrap().remove(&event.event_id);
             })
         }
     }
 
     fn total(&self) -> u32 {
         self.count.lock().unwrap().values().sum()
+    }
+}
+
+/// The transactional effect (a row per event), its runs counted in
+/// [`Effects`].
+#[derive(Clone)]
+struct CountedEffect(Arc<Effects>);
+
+impl<DB: Backend> TxHandler<DB> for CountedEffect
+where
+    RecordEffect: TxHandler<DB>,
+{
+    async fn handle(&self, conn: &mut DB::Connection, record: Record) -> Result<(), HandlerError> {
+        let Json(event) = Json::<TestEvent>::from_record(&mut record.clone())?;
+        let _run = self.0.start(&event.event_id);
+        RecordEffect.handle(conn, record).await
     }
 }
 
@@ -90,6 +128,12 @@ fn consumer_builder(topic: &str, group: &str) -> kafka_handler::ConsumerBuilder 
     Consumer::builder().bootstrap_servers(bootstrap()).group_id(group).topic(topic).ordering(Ordering::Key)
 }
 
+/// 200 events, each produced 3 times under different keys (so the copies
+/// race on different partitions), in every store mode and both
+/// transactional modes: 0 missing, 0 duplicated effects, 0 concurrent
+/// runs (a handler run for an event starting while another run of it is
+/// in flight). The handler ran for every event, and every extra copy was
+/// answered as a dedup hit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_event_three_times_has_one_effect_in_every_store() {
     let _serial = SERIAL.lock().await;
@@ -110,15 +154,18 @@ async fn same_event_three_times_has_one_effect_in_every_store() {
         let sqlite = dir.0.join(format!("{mode:?}.sqlite"));
         let effects = Arc::new(Effects::default());
         let builder = consumer_builder(&topic, &group);
-        let (builder, counters) = match TxService::new(mode, &sqlite).await {
-            Some(tx) => {
-                let counters = tx.counters();
-                match tx {
-                    TxService::Postgres(s) => (builder.service(s), counters),
-                    TxService::Sqlite(s) => (builder.service(s), counters),
-                }
+        let (builder, counters) = match mode {
+            Mode::TxPostgres => {
+                let service = Transactional::new(stores::pg_pool().await, CountedEffect(effects.clone()));
+                let counters = service.counters();
+                (builder.service(service), counters)
             }
-            None => {
+            Mode::TxSqlite => {
+                let service = Transactional::new(stores::sqlite_pool(&sqlite).await, CountedEffect(effects.clone()));
+                let counters = service.counters();
+                (builder.service(service), counters)
+            }
+            _ => {
                 let layer = stores::layer(mode, &sqlite).await.expect("a store mode");
                 let counters = layer.counters();
                 (builder.handler(effects.handler(|_| Duration::from_millis(5))).dedup(layer), counters)
@@ -142,10 +189,10 @@ async fn same_event_three_times_has_one_effect_in_every_store() {
         };
         let missing = n as usize - per_event.len();
         let duplicated: u32 = per_event.values().map(|c| c - 1).sum();
-        let concurrent = *effects.concurrent.lock().unwrap();
+        let (runs, concurrent) = (*effects.runs.lock().unwrap(), *effects.concurrent.lock().unwrap());
         eprintln!(
             "{mode:?}: {n} events × {copies}: {} effects, {missing} missing, {duplicated} duplicated, \
-             {concurrent} concurrent runs, {} claimed, {} dedup hits, {} waits",
+             {runs} handler runs, {concurrent} concurrent runs, {} claimed, {} dedup hits, {} waits",
             per_event.values().sum::<u32>(),
             counters.claimed(),
             counters.hits(),
@@ -154,6 +201,7 @@ async fn same_event_three_times_has_one_effect_in_every_store() {
         assert_eq!(ids.len(), n as usize);
         assert_eq!(missing, 0, "{mode:?}: events without effect");
         assert_eq!(duplicated, 0, "{mode:?}: effects repeated");
+        assert!(runs >= n as u32, "{mode:?}: only {runs} handler runs counted for {n} events");
         assert_eq!(concurrent, 0, "{mode:?}: the handler ran twice at once for one event");
         assert_eq!(counters.hits(), n * (copies - 1), "{mode:?}: every extra copy is a dedup hit");
     }
@@ -180,6 +228,9 @@ where
     }
 }
 
+/// 400 events in each transactional mode, every fourth failing once after
+/// its write: the failed event's write and dedup row roll back alone and
+/// its retry runs (100 failed once, 0 missing, 0 duplicated, 0 dedup hits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_transactional_event_rolls_back_alone_and_runs_again() {
     let _serial = SERIAL.lock().await;
@@ -264,6 +315,10 @@ async fn wait_handled(mode: Mode, args: &ConsumerArgs, n: usize, timeout: Durati
     }
 }
 
+/// A consumer process SIGKILLed after the effects of 3,000 events but
+/// before committing any offset (Redis and transactional PostgreSQL): after
+/// the restart every event comes back, is a dedup hit and runs nothing
+/// again (0 missing, 0 duplicated, 0 handled again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_the_effect_before_the_commit_does_not_repeat_it() {
     let _serial = SERIAL.lock().await;
@@ -306,6 +361,10 @@ async fn sigkill_after_the_effect_before_the_commit_does_not_repeat_it() {
     }
 }
 
+/// A second consumer joins while the first is in the middle of slow
+/// handlers, and gets their partitions: the handler never runs twice at
+/// once for an event and every effect happens once; the new owner did wait
+/// on the old owner's claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_with_one_event_in_a_rebalance_run_it_once() {
     let _serial = SERIAL.lock().await;
@@ -359,6 +418,9 @@ async fn two_consumers_with_one_event_in_a_rebalance_run_it_once() {
     assert!(second_counters.waits() >= 1, "the new owner never met the old owner's claim: the scenario did not happen");
 }
 
+/// Transactional PostgreSQL while 50,000 events stream through two
+/// consumer processes, one of them SIGKILLed and restarted every 3 s, 6
+/// times: every effect row exists exactly once (0 missing, 0 duplicated).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_mode_under_repeated_sigkill_has_every_effect_once() {
     let _serial = SERIAL.lock().await;
@@ -398,6 +460,9 @@ async fn transactional_mode_under_repeated_sigkill_has_every_effect_once() {
     }
 }
 
+/// Redis stopped for 20 s while 20,000 events stream in: nothing skipped,
+/// nothing doubled, at most 256 events (those past their dedup check)
+/// handled while it was down, and the outage was noticed (store errors > 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_for_20_seconds_skips_nothing_and_doubles_nothing() {
     let _serial = SERIAL.lock().await;
