@@ -392,4 +392,3 @@ async fn starting_on_a_busy_port_fails_with_one_line_naming_the_address() {
     drop(holder);
     println!("busy port {busy}: Api::serve: {e}; {}", tally.join("; "));
 }
-

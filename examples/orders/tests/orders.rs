@@ -5,88 +5,17 @@
 //! prefix for topics, groups and dedup keys; the tests run one at a time
 //! because one of them stops the shared broker.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use kafka_handler_tests::{bootstrap, database_url, redis_url, testbed_node};
+use common::{Worker, ledger, print_audit, run_config, serial};
+use kafka_handler_tests::{bootstrap, testbed_node};
 use orders::audit::{Audit, audit};
-use orders::config::Settings;
 use orders::demo::{Load, drive, wait_settled};
-use orders::simulator::{Ledger, SimulatorConfig};
+use orders::simulator::SimulatorConfig;
 use orders::system::{Parts, System};
 use serde_json::json;
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().await
-}
-
-/// A fresh database on the test bed's PostgreSQL, and its URL.
-async fn fresh_database(name: &str) -> String {
-    let admin = database_url();
-    let pool = sqlx::PgPool::connect(&admin).await.expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.expect("create database");
-    let base = admin.rsplit_once('/').expect("a database in DATABASE_URL").0;
-    format!("{base}/{name}")
-}
-
-struct Run {
-    settings: Settings,
-    simulator: SimulatorConfig,
-}
-
-async fn run_config(label: &str) -> Run {
-    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let database = fresh_database(&format!("orders_{label}_{id}")).await;
-    let settings = Settings {
-        kafka: Some(bootstrap()),
-        database_url: Some(database),
-        redis_url: Some(redis_url()),
-        simulator_url: None,
-        prefix: format!("t{id}-"),
-        partitions: 3,
-        api_addr: "127.0.0.1:0".parse().unwrap(),
-        retry_delays_ms: vec![1000, 2000, 4000],
-        http_timeout_ms: 5000,
-        dedup_lease_ms: 8000,
-        metrics_addr: None,
-        data_dir: std::env::temp_dir(),
-    };
-    // Short latencies; 5 % of provider calls fail, at most once per
-    // idempotency key: notification calls two providers per attempt, so an
-    // attempt fails at most twice and every event succeeds within the three
-    // retries — no dead letters, every effect due is done.
-    let simulator = SimulatorConfig { max_failures_per_key: 1, ..SimulatorConfig::uniform(20, 0.05) };
-    Run { settings, simulator }
-}
-
-fn ledger(system: &System) -> Ledger {
-    system.simulator.as_ref().expect("in-process simulator").ledger()
-}
-
-fn print_audit(name: &str, a: &Audit, ledger: &Ledger) {
-    println!(
-        "{name}: {} orders: {} confirmed, {} cancelled, {} in flight; payments {}, refunds {}, points {}, emails {}, \
-         SMS {}, dead letters {}, stock left {}; missing {}, duplicated {}, repeated provider requests {}; \
-         injected failures {:?}",
-        a.orders,
-        a.confirmed,
-        a.cancelled,
-        a.in_flight,
-        a.payments,
-        a.refunds,
-        a.points_entries,
-        a.emails,
-        a.sms,
-        a.dead_letters,
-        a.stock_left,
-        a.missing,
-        a.duplicates,
-        a.repeats,
-        ledger.injected_failures
-    );
-}
 
 /// Every promise: all settled, nothing missing or doubled.
 fn assert_promises(a: &Audit, orders: usize) {
@@ -204,39 +133,6 @@ async fn a_payment_outage_dead_letters_alerts_cancels_and_a_redrive_settles_ever
     assert_eq!((a.cancelled, a.payments, a.refunds, a.dead_letters), (orders as u64, 0, 0, 2 * orders as u64));
     assert_eq!(a.repeats, 0, "no handler ran twice for one effect: {:?}", ledger.replays);
     system.stop().await.unwrap();
-}
-
-/// The `orders` binary running one role.
-struct Worker(Child);
-
-impl Worker {
-    fn spawn(settings: &Settings, simulator_url: &str, jobs: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_orders"))
-            .args(["worker", jobs])
-            .env("KAFKA_BOOTSTRAP_SERVERS", settings.kafka.as_deref().unwrap())
-            .env("DATABASE_URL", settings.database_url.as_deref().unwrap())
-            .env("REDIS_URL", settings.redis_url.as_deref().unwrap())
-            .env("SIMULATOR_URL", simulator_url)
-            .env("ORDERS_PREFIX", &settings.prefix)
-            .env("ORDERS_PARTITIONS", settings.partitions.to_string())
-            .env("ORDERS_DEDUP_LEASE_MS", settings.dedup_lease_ms.to_string())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the orders binary");
-        Worker(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 async fn confirmed(system: &System) -> i64 {

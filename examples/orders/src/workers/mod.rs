@@ -57,13 +57,11 @@ impl Ctx {
     }
 }
 
-/// The topic a record first came from: retry and re-drive copies carry it
-/// in a header.
-pub fn origin(record: &Record) -> &str {
-    ["retry.original.topic", "dlt.original.topic"]
-        .iter()
-        .find_map(|h| record.header(h).and_then(|v| std::str::from_utf8(v).ok()))
-        .unwrap_or(record.topic())
+/// The topic a record first came from: a retry or re-drive copy's source
+/// (the runtime trusts its provenance headers only on the group's own retry
+/// and re-drive topics), or the record's own topic.
+pub fn origin(record: &Record) -> String {
+    kafka_handler::extract::Origin::of(record).topic
 }
 
 /// Implements [`TxHandler`] for both backends by calling the type's `apply`.
