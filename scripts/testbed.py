@@ -486,8 +486,6 @@ def main():
     if a.cmd == "up" and a.brokers < 1:
         ap.error("--brokers must be at least 1")
     try:
-        if a.cmd == "packages":
-            return cmd_packages(a)
         if a.cmd == "fetch-kafka":
             packages.ensure(packages.missing(redis=False, redis_cluster=False, postgres=False,
                                              maven=not kafka.cached()))
@@ -496,7 +494,7 @@ def main():
             print(libs)
             return 0
         return {"up": cmd_up, "down": cmd_down, "node": cmd_node, "status": cmd_status,
-                "watch": cmd_watch}[a.cmd](a)
+                "watch": cmd_watch, "packages": cmd_packages}[a.cmd](a)
     except TestbedError as e:
         log(f"error: {e}")
         return 1
