@@ -139,7 +139,7 @@ async fn scale_out_and_in(ordering: &'static str, protocol: &'static str) {
     let _serial = SERIAL.lock().await;
     let (keys, per_batch) = (40u64, 20u64);
     let s = setup(&format!("scale-{ordering}-{protocol}"), 6, ordering, protocol, 2).await;
-    // Events acknowledged so far, about 1,000 a second in small batches, so
+    // Events acknowledged so far, up to 1,000 a second in small batches, so
     // that even a short scale-in sees some produced.
     let produced = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
