@@ -5,9 +5,10 @@
 //! decode, a handler panic, retries exhausted — is published to
 //! `<original topic>.dlt` with its original key, value and headers plus
 //! provenance headers, and only once the broker acknowledged the dead letter
-//! is the record finished and its offset stored. A crash in between may write a dead
-//! letter twice; it never loses one. If the dead letter cannot be written the
-//! record fails *retryably*, so the runtime tries again instead of moving on.
+//! is the record finished and its offset stored. A crash in between may write
+//! a dead letter twice; it never loses one. If the dead letter cannot be
+//! written the record fails *retryably*, so the runtime tries again instead
+//! of moving on.
 //!
 //! | header | value |
 //! | --- | --- |
@@ -20,10 +21,10 @@
 //! | `dlt.payload.dropped` | only when the payload was too large for the dead-letter topic: its size; the dead letter then has no value |
 //!
 //! The original topic is where the record first was, before any retry topic:
-//! see [`Origin`](crate::extract::Origin). The dead letter's `dlt.*` headers are
-//! the runtime's only: a record's own headers of those names are not copied,
-//! nor its `retry.*` ones unless it came from the group's own retry or
-//! re-drive topic.
+//! see [`Origin`](crate::extract::Origin). The dead letter's `dlt.*` headers
+//! are the runtime's only: a record's own headers of those names are not
+//! copied, nor its `retry.*` ones unless it came from the group's own retry
+//! or re-drive topic.
 
 mod layer;
 
