@@ -100,9 +100,9 @@ pub(crate) fn due(record: &Record) -> Option<u64> {
 }
 
 /// The record's headers that travel with it when the runtime forwards it to a
-/// retry or dead-letter topic: all but those of the names the runtime writes
-/// there, `dlt.*` always, `retry.*` unless the record is [trusted] (then only
-/// the runtime keeps writing them).
+/// retry or dead-letter topic: all but its `dlt.*` headers, and its
+/// `retry.*` ones unless it is [trusted]. The runtime writes its own
+/// provenance in their place, so that it is the only value of those names.
 #[cfg(any(feature = "retry-topic", feature = "dead-letter"))]
 pub(crate) fn carried(record: &Record, trusted: bool) -> impl Iterator<Item = &Header> {
     record.headers().iter().filter(move |h| {
