@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::observed::{Brokers, Lifecycle, Observed};
+use crate::metrics::observed::{Brokers, Lifecycle, Observed};
 
 /// Answers health checks for a [`Consumer`](crate::Consumer), from any thread,
 /// before, while and after it runs.
@@ -121,7 +121,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::observed::{Oldest, PartitionView, Snapshot};
+    use crate::metrics::observed::{Oldest, PartitionView, Snapshot};
 
     #[test]
     fn a_partition_whose_oldest_record_outlives_the_timeout_is_stalled() {

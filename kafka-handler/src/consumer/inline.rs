@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::lane::{Attempt, BoxedService, Started};
+use super::attempt::{Attempt, Started};
 use super::record_span;
+use super::service::RecordService;
 use crate::{Disposition, HandlerError, Record};
 
 /// A first poll longer than this is slow.
@@ -27,7 +28,7 @@ const SLOW_POLL: Duration = Duration::from_micros(50);
 const WINDOW: u32 = 256;
 
 pub(crate) struct InlineStart {
-    service: BoxedService,
+    service: RecordService,
     pub(crate) enabled: bool,
     /// Polls timed and slow polls in the current window.
     polls: u32,
@@ -46,7 +47,7 @@ impl std::fmt::Debug for InlineStart {
 }
 
 impl InlineStart {
-    pub(crate) fn new(service: BoxedService) -> Self {
+    pub(crate) fn new(service: RecordService) -> Self {
         Self { service, enabled: true, polls: 0, slow: 0, untimed: 0 }
     }
 

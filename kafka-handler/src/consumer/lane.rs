@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tokio_mpsc};
+use tokio::sync::{Semaphore, mpsc as tokio_mpsc};
 
+use super::attempt::{Attempt, Started};
+use super::completion::{Completion, LaneId};
 use super::record_span::{self, Scope};
-use super::scheduler::{Completion, LaneId};
-use crate::handler::BoxHandlerFuture;
 use crate::metrics::Meters;
 use crate::{Disposition, HandlerError, Record};
 
@@ -90,25 +90,6 @@ pub(crate) async fn run_lane(
             return;
         }
     }
-}
-
-/// A record whose first attempt the polling thread started and that did not
-/// finish at once: the lane takes it over.
-pub(crate) struct Started {
-    pub(crate) record: Record,
-    pub(crate) attempt: Attempt,
-    /// The record's span or trace context, opened when its first attempt
-    /// started.
-    pub(crate) span: Option<Scope>,
-}
-
-pub(crate) enum Attempt {
-    /// Still running, holding its in-flight slot (`None` if a lane took the
-    /// last slot after the first poll: the call then waits for one before it
-    /// goes on); waiting since the instant.
-    Running(BoxHandlerFuture, Option<OwnedSemaphorePermit>, Instant),
-    /// Failed with a retryable error.
-    Failed(HandlerError),
 }
 
 /// Runs the handler until the record succeeds or fails permanently, going on

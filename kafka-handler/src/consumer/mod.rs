@@ -1,11 +1,12 @@
 //! The consumer runtime: runs a handler in a consumer group, at least once.
 
+mod attempt;
 mod builder;
+mod completion;
 pub(crate) mod fetch;
 mod health;
 mod inline;
 mod lane;
-pub(crate) mod observed;
 mod offsets;
 mod poll_loop;
 pub(crate) mod record_span;
@@ -26,10 +27,10 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 pub use self::builder::ConsumerBuilder;
 pub use self::health::{Health, HealthReport, Stalled};
 use self::lane::LaneConfig;
-use self::observed::{Brokers, Observed};
 use self::scheduler::{Scheduler, SchedulerConfig};
 use crate::Error;
 use crate::config::KafkaConfig;
+use crate::metrics::observed::{self, Brokers, Observed};
 
 /// Which records a consumer handles one after another.
 ///

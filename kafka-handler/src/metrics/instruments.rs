@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
 use super::Meters;
-use crate::consumer::observed::{Observed, PartitionView};
+use super::observed::{Observed, PartitionView};
 use crate::dedup::DedupCounters;
 use crate::{Disposition, HandlerError};
 

@@ -12,10 +12,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 
-use crate::consumer::RuntimeContext;
-use crate::consumer::observed::Observed;
+use super::observed::Observed;
 
 /// How often the end offsets of partitions whose end is not known are
 /// asked for; those of paused partitions, every [`PAUSED_EVERY`] ticks.
@@ -31,7 +30,7 @@ pub(crate) struct LagRefresh {
 }
 
 impl LagRefresh {
-    pub(crate) fn start(consumer: Arc<BaseConsumer<RuntimeContext>>, observed: Arc<Observed>) -> Self {
+    pub(crate) fn start<C: ConsumerContext + 'static>(consumer: Arc<BaseConsumer<C>>, observed: Arc<Observed>) -> Self {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("kafka-handler-lag:{}", observed.group))

@@ -13,6 +13,7 @@
 mod instruments;
 #[cfg(feature = "metrics")]
 mod lag;
+pub(crate) mod observed;
 
 use std::time::Duration;
 

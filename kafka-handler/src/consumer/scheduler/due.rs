@@ -15,8 +15,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{LaneKey, PartitionState, Scheduler, Starter};
+use super::Scheduler;
 use crate::Record;
+use crate::consumer::completion::LaneKey;
 
 /// The due header has millisecond precision, truncated: a record is held
 /// this much longer so that it is never handled before its delay passed.
@@ -25,22 +26,15 @@ const ROUNDING: Duration = Duration::from_millis(1);
 /// Records of a partition held until due, in offset order.
 pub(super) type Held = VecDeque<(Record, LaneKey, Instant)>;
 
-/// Holds the record if it is not due yet, or if records before it are held;
-/// otherwise gives it back to be dispatched.
-pub(super) fn hold(
-    state: &mut PartitionState,
-    starter: &mut Starter<'_>,
-    record: Record,
-    key: LaneKey,
-) -> Option<(Record, LaneKey)> {
+/// Holds the record in `held` if it is not due yet, or if records before it
+/// are held; otherwise gives it back to be dispatched.
+pub(super) fn hold(held: &mut Held, record: Record, key: LaneKey) -> Option<(Record, LaneKey)> {
     let due = match due(&record) {
         Some(due) => due,
-        None if state.held.is_empty() => return Some((record, key)),
+        None if held.is_empty() => return Some((record, key)),
         None => Instant::now(),
     };
-    state.held.push_back((record, key, due));
-    state.outstanding += 1;
-    *starter.buffered += 1;
+    held.push_back((record, key, due));
     None
 }
 

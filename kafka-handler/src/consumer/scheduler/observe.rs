@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::Scheduler;
 use crate::consumer::RuntimeContext;
-use crate::consumer::observed::{Observed, Oldest, PUBLISH_EVERY, PartitionView, Snapshot};
+use crate::metrics::observed::{Observed, Oldest, PUBLISH_EVERY, PartitionView, Snapshot};
 
 impl Scheduler {
     /// Notes that the polling thread is alive and, every [`PUBLISH_EVERY`],

@@ -3,15 +3,14 @@
 //! The polling thread publishes a snapshot of its partitions a few times a
 //! second; readers (a health endpoint, a metrics exporter) take it from here
 //! without ever touching the scheduler, which may be busy waiting for a
-//! revoked partition's records.
+//! revoked partition's records. The runtime writes into it and nothing here
+//! knows the runtime.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
-
-use super::scheduler::Counts;
 
 /// How often the polling thread publishes its snapshot.
 pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -63,6 +62,14 @@ pub(crate) struct Snapshot {
     pub(crate) partitions: Vec<PartitionView>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) counts: Counts,
+}
+
+/// Records finished by the scheduler, by outcome.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) handled: u64,
+    pub(crate) failed_permanently: u64,
+    pub(crate) abandoned: u64,
 }
 
 /// One assigned partition.
