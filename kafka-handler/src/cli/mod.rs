@@ -1,6 +1,7 @@
 //! The `kafka-handler` command line tool. Not a stable API: run the binary.
 
 mod dlt;
+mod letters;
 mod replay;
 
 use std::ffi::OsString;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::dlt::{DeadLetter, Filter, line, matching};
+use super::letters::{DeadLetter, Filter, line, matching};
 use super::{Console, Error as CliError};
 use crate::middleware::dead_letter::{headers as dlt, redrive_topic};
 use crate::middleware::retry_topic::headers as retry;
