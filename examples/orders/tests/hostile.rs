@@ -153,7 +153,7 @@ struct Expected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_records_charge_nothing_steer_nothing_and_every_dead_letter_is_logged_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut run = run_config("hostile").await;
     run.settings.retry_delays_ms = vec![200, 400, 800];
     run.simulator = SimulatorConfig::uniform(20, 0.0);
