@@ -2,29 +2,16 @@
 //! cluster: they are data, not instructions. The same promise is proven
 //! against a real broker by `kafka-handler-tests`' `forged_provenance`.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::run_until;
 use kafka_handler::extract::{Attempt, Origin, Payload};
 use kafka_handler::middleware::RetryTopicLayer;
 use kafka_handler::mock::MockCluster;
 use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};
-use tokio::sync::oneshot;
-
-/// Runs `consumer` until `done` returns true (or 30 s pass), then shuts it down.
-async fn run_until(consumer: Consumer, mut done: impl FnMut() -> bool) {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(consumer.run_until(async move {
-        let _ = stop_rx.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
-}
 
 /// Every record of `topic`, read by a group of its own.
 async fn read_all(cluster: &MockCluster, topic: &str, count: usize) -> Vec<Record> {

@@ -2,16 +2,18 @@
 //! promises are proven against a real broker by the `kafka-handler-tests`
 //! package; these catch regressions in seconds.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::run_until;
 use kafka_handler::extract::{Json, Key, Metadata};
 use kafka_handler::mock::MockCluster;
 use kafka_handler::{Consumer, ConsumerBuilder, HandlerError, Ordering, Outgoing, Producer};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct Event {
@@ -42,21 +44,6 @@ fn builder(cluster: &MockCluster, topic: &str, group: &str) -> ConsumerBuilder {
         // The mock cluster notices a departed member only by its session timeout.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-}
-
-/// Runs `consumer` until `done` returns true (or 30 s pass), then shuts it down.
-async fn run_until(consumer: Consumer, mut done: impl FnMut() -> bool) {
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(consumer.run_until(async move {
-        let _ = stop_rx.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
 }
 
 type Seen = Arc<Mutex<Vec<(String, u64, i32)>>>;

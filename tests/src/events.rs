@@ -148,10 +148,10 @@ pub fn distinct(log: &[Handled]) -> usize {
     log.iter().map(|h| (&h.key, h.seq)).collect::<HashSet<_>>().len()
 }
 
-/// Reads every test event in `topic`, from the start to the current end.
-pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<TestEvent> {
+/// Reads every record of `topic`, from the start to its end as of now.
+pub fn read_records(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "kh-test-reader")
@@ -167,17 +167,24 @@ pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<TestEvent> {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
-    let mut events = Vec::new();
+    let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while remaining > 0 && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             remaining -= 1;
-            if let Some(e) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                events.push(e);
-            }
+            records.push(m.detach());
         }
     }
-    events
+    records
+}
+
+/// Reads every test event in `topic`, from the start to the current end.
+pub async fn read_topic(bootstrap: &str, topic: &str) -> Vec<TestEvent> {
+    use rdkafka::Message as _;
+    read_records(bootstrap, topic)
+        .iter()
+        .filter_map(|m| m.payload().and_then(|p| serde_json::from_slice(p).ok()))
+        .collect()
 }
 
 #[cfg(test)]

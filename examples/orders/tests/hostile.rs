@@ -30,11 +30,10 @@ use orders::db::{CATALOG, Db};
 use orders::demo::{Load, drive, wait_settled};
 use orders::simulator::SimulatorConfig;
 use orders::system::{Parts, System};
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 /// A client of the kind nobody on the project wrote: librdkafka with its
@@ -78,33 +77,7 @@ async fn produce(producer: &FutureProducer, topic: &str, raw: &Raw) -> (i32, i64
 
 /// Every record of `topic` up to its end now.
 fn read_all(topic: &str) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", "hostile-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
-        if high > low {
-            ends.insert(p.id(), high);
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low)).unwrap();
-        }
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    while !ends.is_empty() {
-        let Some(m) = consumer.poll(Duration::from_secs(10)) else { break };
-        let m = m.expect("read").detach();
-        if ends.get(&m.partition()).is_some_and(|&end| m.offset() + 1 >= end) {
-            ends.remove(&m.partition());
-        }
-        out.push(m);
-    }
-    out
+    kafka_handler_tests::events::read_records(&bootstrap(), topic)
 }
 
 /// Every value of header `name`.
@@ -323,7 +296,11 @@ async fn hostile_records_charge_nothing_steer_nothing_and_every_dead_letter_is_l
     assert_eq!((a.missing, a.duplicates, a.repeats, a.payments), (0, 0, 0, real as u64), "one charge per order");
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     assert_eq!(scalar(&system.db, "SELECT COUNT(*) FROM reservations").await, real as i64, "reservations");
-    assert_eq!(scalar(&system.db, "SELECT CAST(SUM(orders) AS BIGINT) FROM order_stats").await, real as i64, "orders counted");
+    assert_eq!(
+        scalar(&system.db, "SELECT CAST(SUM(orders) AS BIGINT) FROM order_stats").await,
+        real as i64,
+        "orders counted"
+    );
     system.stop().await.unwrap();
 }
 
