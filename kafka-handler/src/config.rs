@@ -29,6 +29,42 @@ impl KafkaConfig {
     }
 
     /// Reads `KAFKA_BOOTSTRAP_SERVERS` and every `KAFKA_CONFIG_*` variable.
+    /// The runtime's consumer settings: refuses the ones it cannot work
+    /// with, sets defaults for the rest.
+    pub(crate) fn consumer_defaults(&mut self) -> Result<(), crate::Error> {
+        for (key, expected) in [("enable.auto.offset.store", "false"), ("enable.auto.commit", "true")] {
+            if self.get(key).is_some_and(|v| v != expected) {
+                return Err(crate::Error::Config(format!(
+                    "`{key}` must stay `{expected}`: the runtime stores only finished offsets"
+                )));
+            }
+        }
+        self.set("enable.auto.offset.store", "false");
+        self.set_default("enable.auto.commit", "true");
+        self.set_default("auto.commit.interval.ms", "1000");
+        self.set_default("auto.offset.reset", "earliest");
+        self.set_default("enable.partition.eof", "false");
+        // The runtime buffers up to `max_buffered` records itself; librdkafka's
+        // own 64 MiB prefetch default would double the memory for nothing.
+        self.set_default("queued.max.messages.kbytes", "32768");
+        // Once a partition's prefetched records reach that limit, librdkafka
+        // postpones its next fetch by `fetch.queue.backoff.ms` (1 s by
+        // default). The polling thread drains the queue in a fraction of that
+        // and would then sit idle: consuming a backlog ran at half speed.
+        self.set_default("fetch.queue.backoff.ms", "10");
+        // A partition resumed after back-pressure is fetched only once the
+        // fetch request in flight returns, which the broker holds up to
+        // `fetch.wait.max.ms` (500 ms by default) when the partitions in it
+        // have nothing new: every pause cost up to half a second.
+        self.set_default("fetch.wait.max.ms", "100");
+        // Broker connection states, for readiness.
+        self.set_default("statistics.interval.ms", "5000");
+        if self.get("group.protocol") != Some("consumer") {
+            self.set_default("partition.assignment.strategy", "cooperative-sticky");
+        }
+        Ok(())
+    }
+
     pub(crate) fn merge_env(&mut self) {
         self.merge_vars(std::env::vars());
     }

@@ -12,6 +12,16 @@ pub enum Error {
     /// The consumer or producer was configured inconsistently.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Built-in middleware written twice, or in an order in which it cannot
+    /// work: `.first(..)` must be written before `.then(..)`, since each of
+    /// the builder's middleware calls wraps those written before it.
+    #[error("{}", layering(first, then))]
+    Layering {
+        /// The builder method that must come first.
+        first: &'static str,
+        /// The one written before it.
+        then: &'static str,
+    },
     /// librdkafka reported an error.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
@@ -21,4 +31,15 @@ pub enum Error {
     /// The consumer's polling thread stopped unexpectedly.
     #[error("the consumer's polling thread stopped: {0}")]
     Runtime(String),
+}
+
+fn layering(first: &str, then: &str) -> String {
+    if first == then {
+        format!("invalid configuration: `.{first}(..)` is written twice")
+    } else {
+        format!(
+            "invalid configuration: `.{first}(..)` must be written before `.{then}(..)`; built-in middleware works \
+             in this order, innermost first: retry, retry_topics, dedup, dead_letter"
+        )
+    }
 }

@@ -89,6 +89,21 @@ pub(crate) fn attempt(record: &Record) -> u32 {
     }
 }
 
+/// The retry level the record is at: `n` on the group's own retry topic of
+/// level `n` for its source topic, else 0 (the source or re-drive topic,
+/// where the retry path starts over). Not derived from the attempt number:
+/// in-place retries add attempts within a level.
+#[cfg(feature = "retry-topic")]
+pub(crate) fn retry_level(record: &Record) -> usize {
+    let Some(origin) = Origin::from_headers(record) else { return 0 };
+    record
+        .topic()
+        .strip_prefix(origin.topic.as_str())
+        .and_then(|rest| rest.rsplit_once(".retry."))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// When the record is due, ms since the Unix epoch: its `retry.due` if
 /// [trusted], else `None` (due at once).
 #[cfg(feature = "retry-topic")]

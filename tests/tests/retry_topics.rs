@@ -6,14 +6,18 @@
 //! handles each record exactly once); a record that never succeeds ends in the
 //! dead-letter topic with its original provenance (0 lost); with ordered
 //! retries, a key's later events are handled after its failing one (0 order
-//! violations) while other keys flow.
+//! violations) while other keys flow; in-place retries, retry topics and the
+//! dead-letter topic combine: each delivery gets its in-place retries, the
+//! attempts count on across both (a record failing 5 times is handled on its
+//! 6th attempt, attempts in order), and a record that never succeeds is
+//! dead-lettered once, after every attempt of every level.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_handler::extract::{Attempt, Json};
-use kafka_handler::middleware::RetryTopicLayer;
+use kafka_handler::middleware::{ExponentialBackoff, RetryTopicLayer};
 use kafka_handler::{Consumer, HandlerError, Outgoing, Producer};
 use kafka_handler_tests::events::{TestEvent, produce};
 use kafka_handler_tests::{bootstrap, create_topic, init_tracing, random_name, read_records, run_until};
@@ -87,6 +91,69 @@ async fn retry_topics_hold_only_the_failing_record_and_only_in_its_group() {
     // Retries stayed in the inventory group.
     assert!(notified.lock().unwrap().values().all(|&count| count == 1), "notification handled a record twice");
     check_dead_letter(&bootstrap, &topic, &group, broken_at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_retries_retry_topics_and_the_dead_letter_topic_combine() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = random_name("payments");
+    create_topic(&bootstrap, &topic, 2, 1).await;
+    let producer = Producer::builder().bootstrap_servers(&bootstrap).build().unwrap();
+    for id in ["flaky", "broken"] {
+        let ev = TestEvent { event_id: id.into(), key: id.into(), seq: 0 };
+        producer.send(Outgoing::json(&topic, &ev).unwrap().key(id)).await.unwrap();
+    }
+    produce(&producer, &topic, 10, 0, 50).await;
+
+    // "flaky" fails on its first 5 attempts, "broken" on every one.
+    let attempts: Arc<Mutex<Attempts>> = Arc::default();
+    let a = attempts.clone();
+    let handler = move |Attempt(n): Attempt, Json(ev): Json<TestEvent>| {
+        let a = a.clone();
+        async move {
+            a.lock().unwrap().entry(ev.event_id.clone()).or_default().push((n, Instant::now()));
+            match ev.event_id.as_str() {
+                "flaky" if n <= 5 => Err(HandlerError::retryable("gateway timed out")),
+                "broken" => Err(HandlerError::retryable("gateway down")),
+                _ => Ok(()),
+            }
+        }
+    };
+    let group = random_name("payment");
+    let in_place = ExponentialBackoff::default().initial(Duration::from_millis(50)).max_retries(2).without_jitter();
+    let levels = [Duration::from_millis(300); 3];
+    let consumer = Consumer::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .topic(&topic)
+        .handler(handler)
+        .retry(in_place)
+        .retry_topics(RetryTopicLayer::with_delays(producer.clone(), levels))
+        .dead_letter(producer.clone())
+        .build()
+        .unwrap();
+    let a = attempts.clone();
+    run_until(consumer, Duration::from_secs(90), move || {
+        let a = a.lock().unwrap();
+        a.len() == 52 && a["flaky"].len() == 6 && a["broken"].len() == 12
+    })
+    .await;
+
+    let attempts = attempts.lock().unwrap();
+    let numbers = |id: &str| attempts[id].iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    let others_twice = attempts.iter().filter(|(id, a)| !["flaky", "broken"].contains(&id.as_str()) && a.len() != 1);
+    eprintln!("flaky attempts {:?}, broken attempts {:?}", numbers("flaky"), numbers("broken"));
+    assert_eq!(others_twice.count(), 0, "records that never failed were handled once");
+    assert_eq!(numbers("flaky"), (1..=6).collect::<Vec<_>>(), "handled on its 6th attempt, attempts in order");
+    assert_eq!(numbers("broken"), (1..=12).collect::<Vec<_>>(), "3 attempts per delivery, 4 deliveries");
+    let dead = read_records(&bootstrap, &format!("{topic}.dlt"), 1).await;
+    let text = |h: &str| String::from_utf8_lossy(dead[0].header(h).unwrap_or_default()).into_owned();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    assert_eq!(text("dlt.error.kind"), "retries-exhausted");
+    assert_eq!(text("dlt.attempts"), "12");
+    assert_eq!(text("dlt.original.topic"), topic);
+    eprintln!("combined retries: flaky handled on attempt 6 of 6; broken dead-lettered after 12 attempts; 0 lost");
 }
 
 fn check_retries(attempts: &Attempts, delays: &[Duration]) {

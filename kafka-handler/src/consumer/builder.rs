@@ -1,17 +1,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
 use tokio::sync::Semaphore;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use super::lane::{BoxedService, LaneConfig};
 use super::observed::Observed;
+use super::stack::{Stack, Step, TowerService};
 use super::{Consumer, Ordering};
 use crate::config::KafkaConfig;
 use crate::outcome::BoxError;
-use crate::{Error, Handler, HandlerError, Record};
+use crate::retry_policy::ExponentialBackoff;
+use crate::{Error, Handler, Record};
 
 /// Configures a [`Consumer`].
 ///
@@ -19,6 +19,14 @@ use crate::{Error, Handler, HandlerError, Record};
 /// [`from_env`](ConsumerBuilder::from_env) reads `KAFKA_BOOTSTRAP_SERVERS` and
 /// passes every `KAFKA_CONFIG_<NAME>` variable to librdkafka as `<name>`
 /// (lowercased, `_` → `.`). Later calls override earlier ones.
+///
+/// Middleware ([`layer`](Self::layer) and the built-in
+/// [`retry`](Self::retry), [`retry_topics`](Self::retry_topics),
+/// [`dedup`](Self::dedup), [`dead_letter`](Self::dead_letter)) wraps the
+/// handler in the order written: each call wraps the ones before it, before
+/// or after [`handler`](Self::handler). The built-in ones work in that order
+/// only, innermost first; [`build`](Self::build) refuses another order, or
+/// one of them written twice, with [`Error::Layering`].
 ///
 /// Defaults: at-least-once offsets (`enable.auto.offset.store=false`, finished
 /// offsets committed every second and on revoke and shutdown),
@@ -37,44 +45,16 @@ pub struct ConsumerBuilder {
     max_buffered: Option<usize>,
     shutdown_timeout: Duration,
     revoke_timeout: Duration,
-    backoff: ExponentialBuilder,
+    fallback: ExponentialBackoff,
     shared: http::Extensions,
     service: Option<BoxedService>,
     subscription: Option<crate::__private::Subscription>,
-    /// The runtime's own middleware, applied around the handler and its
-    /// layers in a fixed order at `build`.
+    /// The middleware, in the order written.
     stack: Stack,
-    /// Topics the consumer's own middleware writes to, by source topic.
-    derived_topics: Vec<DerivedTopics>,
     create_topics: bool,
     stall_timeout: Duration,
     #[cfg(feature = "metrics")]
     meter: Option<opentelemetry::metrics::Meter>,
-}
-
-/// The runtime's middleware, innermost first: retries in place, then retry
-/// topics, then dedup (so a duplicate is skipped before any retry, and a store
-/// outage is not taken for a handler failure), then the dead-letter topic (so
-/// a record without a valid event id is dead-lettered).
-#[derive(Default)]
-struct Stack {
-    /// The retry layer, generic over its policy.
-    #[cfg(feature = "retry")]
-    retry: Option<Box<dyn FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send>>,
-    #[cfg(feature = "retry-topic")]
-    retry_topics: Option<crate::middleware::RetryTopicLayer>,
-    dedup: Option<crate::middleware::DedupLayer>,
-    #[cfg(feature = "dead-letter")]
-    dead_letter: Option<crate::middleware::DeadLetterLayer>,
-}
-
-/// Topics derived from each source topic and the group.
-#[derive(Clone, Copy, Debug)]
-enum DerivedTopics {
-    #[cfg(feature = "retry-topic")]
-    Retry(usize),
-    #[cfg(feature = "dead-letter")]
-    DeadLetter,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -97,16 +77,14 @@ impl ConsumerBuilder {
             max_buffered: None,
             shutdown_timeout: Duration::from_secs(30),
             revoke_timeout: Duration::from_secs(10),
-            backoff: ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(10))
-                .with_jitter()
-                .without_max_times(),
+            fallback: ExponentialBackoff::default()
+                .initial(Duration::from_millis(100))
+                .max_delay(Duration::from_secs(10))
+                .forever(),
             shared: http::Extensions::new(),
             service: None,
             subscription: None,
             stack: Stack::default(),
-            derived_topics: Vec::new(),
             create_topics: true,
             stall_timeout: Duration::from_secs(60),
             #[cfg(feature = "metrics")]
@@ -190,7 +168,7 @@ impl ConsumerBuilder {
     /// the runtime retries them in place, forever, holding the record's lane
     /// (default: 100 ms doubling to 10 s, with jitter).
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff = self.backoff.with_min_delay(min).with_max_delay(max);
+        self.fallback = self.fallback.initial(min).max_delay(max);
         self
     }
 
@@ -217,37 +195,33 @@ impl ConsumerBuilder {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.service = Some(BoxedService::Tower(BoxCloneSyncService::new(service.map_err(HandlerError::from_error))));
+        self.service = Some(BoxedService::Tower(super::stack::boxed(service)));
         self
     }
 
-    /// Wraps the handler set so far in a tower layer. Such layers sit inside
-    /// the runtime's own middleware ([`retry`](Self::retry),
-    /// [`retry_topics`](Self::retry_topics), [`dedup`](Self::dedup),
-    /// [`dead_letter`](Self::dead_letter)), which is applied in that order,
-    /// innermost first, whatever the order of the calls.
+    /// Wraps the handler, and the middleware written before this call, in
+    /// a tower layer.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
-        L: Layer<BoxCloneSyncService<Record, (), HandlerError>>,
+        L: Layer<TowerService> + Send + 'static,
         L::Service: Service<Record, Response = ()> + Clone + Send + Sync + 'static,
         <L::Service as Service<Record>>::Error: Into<BoxError>,
         <L::Service as Service<Record>>::Future: Send + 'static,
     {
-        if let Some(inner) = self.service.take() {
-            let subscription = self.subscription.take();
-            self = self.service(layer.layer(inner.into_tower()));
-            self.subscription = subscription;
-        }
+        self.stack.push(Step::Layer(super::stack::wrap(layer)));
         self
     }
 
-    /// In-place retries with the domain's default policy (three retries,
-    /// 1 s → 2 s → 4 s); see [`RetryLayer`](crate::middleware::RetryLayer).
+    /// In-place retries by `policy` (for example
+    /// [`ExponentialBackoff`](crate::middleware::ExponentialBackoff): three
+    /// retries, 1 s → 2 s → 4 s); see [`RetryLayer`](crate::middleware::RetryLayer).
+    /// Written before [`retry_topics`](Self::retry_topics), each delivery from
+    /// a retry topic gets these retries, and the attempts count on across both.
     #[cfg(feature = "retry")]
     #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
     pub fn retry<P: crate::middleware::RetryPolicy>(mut self, policy: P) -> Self {
         let layer = crate::middleware::RetryLayer::with_policy(policy);
-        self.stack.retry = Some(Box::new(move |builder: Self| builder.layer(layer)));
+        self.stack.push(Step::Retry(super::stack::wrap(layer)));
         self
     }
 
@@ -256,8 +230,7 @@ impl ConsumerBuilder {
     #[cfg(feature = "retry-topic")]
     #[cfg_attr(docsrs, doc(cfg(feature = "retry-topic")))]
     pub fn retry_topics(mut self, layer: crate::middleware::RetryTopicLayer) -> Self {
-        self.derived_topics.push(DerivedTopics::Retry(layer.delays.len()));
-        self.stack.retry_topics = Some(layer);
+        self.stack.push(Step::RetryTopics(layer));
         self
     }
 
@@ -266,7 +239,7 @@ impl ConsumerBuilder {
     /// from the layer, else from `#[handler(event_id = ..)]`, else from the
     /// payload field `eventId`.
     pub fn dedup(mut self, layer: crate::middleware::DedupLayer) -> Self {
-        self.stack.dedup = Some(layer);
+        self.stack.push(Step::Dedup(layer));
         self
     }
 
@@ -275,9 +248,16 @@ impl ConsumerBuilder {
     /// `kafka-handler dlt replay` sends dead letters back to this group only.
     #[cfg(feature = "dead-letter")]
     #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
-    pub fn dead_letter(mut self, producer: crate::Producer) -> Self {
-        self.derived_topics.push(DerivedTopics::DeadLetter);
-        self.stack.dead_letter = Some(crate::middleware::DeadLetterLayer::new(producer));
+    pub fn dead_letter(self, producer: crate::Producer) -> Self {
+        self.dead_letter_layer(crate::middleware::DeadLetterLayer::new(producer))
+    }
+
+    /// As [`dead_letter`](Self::dead_letter), with a configured layer (for
+    /// example another topic suffix).
+    #[cfg(feature = "dead-letter")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
+    pub fn dead_letter_layer(mut self, layer: crate::middleware::DeadLetterLayer) -> Self {
+        self.stack.push(Step::DeadLetter(layer));
         self
     }
 
@@ -310,15 +290,10 @@ impl ConsumerBuilder {
 
     /// Checks the configuration and builds the consumer.
     pub fn build(mut self) -> Result<Consumer, Error> {
-        if self.service.is_none() {
+        let Some(handler) = self.service.take() else {
             return Err(Error::Config("no handler: call `.handler(..)` or `.service(..)`".into()));
-        }
-        #[cfg(feature = "metrics")]
-        let dedup_counters = self.stack.dedup.as_ref().map(crate::middleware::DedupLayer::counters);
-        let event_id = self.stack.dedup.as_ref().and_then(|d| d.source.clone());
-        let event_id = event_id.or_else(|| self.subscription.and_then(|s| s.event_id())).unwrap_or_default();
-        self = self.apply_stack();
-        let service = self.service.take().expect("checked above");
+        };
+        self.stack.check()?;
         if let Some(sub) = &self.subscription {
             if self.topics.is_empty() {
                 self.topics.extend(sub.topics.iter().map(|t| (*t).to_owned()));
@@ -340,64 +315,21 @@ impl ConsumerBuilder {
                 "no brokers: call `.bootstrap_servers(..)` or set KAFKA_BOOTSTRAP_SERVERS with `.from_env()`".into(),
             ));
         }
-        for (key, expected) in [("enable.auto.offset.store", "false"), ("enable.auto.commit", "true")] {
-            if self.config.get(key).is_some_and(|v| v != expected) {
-                return Err(Error::Config(format!(
-                    "`{key}` must stay `{expected}`: the runtime stores only finished offsets"
-                )));
-            }
-        }
-        self.config.set("enable.auto.offset.store", "false");
-        self.config.set_default("enable.auto.commit", "true");
-        self.config.set_default("auto.commit.interval.ms", "1000");
-        self.config.set_default("auto.offset.reset", "earliest");
-        self.config.set_default("enable.partition.eof", "false");
-        // The runtime buffers up to `max_buffered` records itself; librdkafka's
-        // own 64 MiB prefetch default would double the memory for nothing.
-        self.config.set_default("queued.max.messages.kbytes", "32768");
-        // Once a partition's prefetched records reach that limit, librdkafka
-        // postpones its next fetch by `fetch.queue.backoff.ms` (1 s by
-        // default). The polling thread drains the queue in a fraction of that
-        // and would then sit idle: consuming a backlog ran at half speed.
-        self.config.set_default("fetch.queue.backoff.ms", "10");
-        // A partition resumed after back-pressure is fetched only once the
-        // fetch request in flight returns, which the broker holds up to
-        // `fetch.wait.max.ms` (500 ms by default) when the partitions in it
-        // have nothing new: every pause cost up to half a second.
-        self.config.set_default("fetch.wait.max.ms", "100");
-        // Broker connection states, for readiness.
-        self.config.set_default("statistics.interval.ms", "5000");
-        if self.config.get("group.protocol") != Some("consumer") {
-            self.config.set_default("partition.assignment.strategy", "cooperative-sticky");
-        }
-        let mut to_create = Vec::new();
+        self.config.consumer_defaults()?;
         // Derived from the subscribed topics only, not from each other.
-        let sources = self.topics.clone();
-        #[cfg_attr(not(any(feature = "retry-topic", feature = "dead-letter")), allow(unused_variables))]
-        for derived in &self.derived_topics {
-            for source in &sources {
-                match *derived {
-                    #[cfg(feature = "retry-topic")]
-                    DerivedTopics::Retry(levels) => {
-                        for level in 1..=levels {
-                            let topic = crate::middleware::retry_topic::retry_topic(source, &group_id, level);
-                            self.topics.push(topic.clone());
-                            to_create.push((topic, source.clone()));
-                        }
-                    }
-                    #[cfg(feature = "dead-letter")]
-                    DerivedTopics::DeadLetter => {
-                        to_create.push((format!("{source}.dlt"), source.clone()));
-                        let redrive = crate::middleware::dead_letter::redrive_topic(source, &group_id);
-                        self.topics.push(redrive.clone());
-                        to_create.push((redrive, source.clone()));
-                    }
-                }
-            }
-        }
-        if !self.create_topics {
-            to_create.clear();
-        }
+        let derived = self.stack.topics(&self.topics, &group_id);
+        self.topics.extend(derived.subscribe);
+        let to_create = if self.create_topics { derived.create } else { Vec::new() };
+        #[cfg(feature = "metrics")]
+        let dedup_counters = self.stack.dedup().map(crate::middleware::DedupLayer::counters);
+        let declared = self.subscription.and_then(|s| s.event_id());
+        let event_id =
+            self.stack.dedup().and_then(|d| d.source.clone()).or_else(|| declared.clone()).unwrap_or_default();
+        let service = if self.stack.is_empty() {
+            handler
+        } else {
+            BoxedService::Tower(std::mem::take(&mut self.stack).apply(handler.into_tower(), declared))
+        };
         let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
         self.shared.insert(crate::extract::Group(Arc::from(group_id.as_str())));
         self.shared.insert(super::record_span::EventIdOf(event_id));
@@ -410,7 +342,7 @@ impl ConsumerBuilder {
             lane: LaneConfig {
                 service,
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
-                backoff: self.backoff,
+                fallback: self.fallback,
             },
             shared: Arc::new(self.shared),
             max_buffered,
@@ -423,31 +355,6 @@ impl ConsumerBuilder {
             #[cfg(feature = "metrics")]
             dedup_counters,
         })
-    }
-}
-
-impl ConsumerBuilder {
-    fn apply_stack(mut self) -> Self {
-        let stack = std::mem::take(&mut self.stack);
-        #[cfg(feature = "retry")]
-        if let Some(apply) = stack.retry {
-            self = apply(self);
-        }
-        #[cfg(feature = "retry-topic")]
-        if let Some(layer) = stack.retry_topics {
-            self = self.layer(layer);
-        }
-        if let Some(mut layer) = stack.dedup {
-            if let Some(source) = self.subscription.as_ref().and_then(|s| s.event_id()) {
-                layer = layer.or_event_id(source);
-            }
-            self = self.layer(layer);
-        }
-        #[cfg(feature = "dead-letter")]
-        if let Some(layer) = stack.dead_letter {
-            self = self.layer(layer);
-        }
-        self
     }
 }
 
@@ -486,6 +393,58 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(c.topics, ["t", "t.g.retry.1", "t.g.redrive"]);
+    }
+
+    #[cfg(all(feature = "retry", feature = "retry-topic", feature = "dead-letter"))]
+    #[test]
+    fn built_in_middleware_out_of_order_or_twice_is_refused() {
+        let producer = crate::Producer::builder().bootstrap_servers("localhost:1").build().unwrap();
+        let base = || Consumer::builder().handler(|| async {}).group_id("g").topic("t").bootstrap_servers("b");
+        let retries = || crate::middleware::RetryTopicLayer::new(producer.clone());
+        let policy = crate::middleware::ExponentialBackoff::default;
+        let err = base().dead_letter(producer.clone()).retry_topics(retries()).build().unwrap_err();
+        assert!(matches!(err, Error::Layering { first: "retry_topics", then: "dead_letter" }), "{err}");
+        let err = base().retry_topics(retries()).retry(policy()).build().unwrap_err();
+        assert!(matches!(err, Error::Layering { first: "retry", then: "retry_topics" }), "{err}");
+        let err = base().retry(policy()).retry(policy()).build().unwrap_err();
+        assert!(err.to_string().contains("`.retry(..)` is written twice"), "{err}");
+        // Any tower layer may go anywhere; the built-in ones in their order.
+        let layer = tower::layer::util::Identity::new();
+        let ok = base()
+            .layer(layer.clone())
+            .retry(policy())
+            .layer(layer.clone())
+            .retry_topics(retries())
+            .dead_letter_layer(crate::middleware::DeadLetterLayer::new(producer.clone()).suffix(".dead"))
+            .layer(layer)
+            .build()
+            .unwrap();
+        assert_eq!(ok.topics, ["t", "t.g.retry.1", "t.g.retry.2", "t.g.retry.3", "t.g.redrive"]);
+        let created: Vec<&str> = ok.to_create.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(created, ["t.g.retry.1", "t.g.retry.2", "t.g.retry.3", "t.dead", "t.g.redrive"]);
+    }
+
+    #[tokio::test]
+    async fn a_layer_written_before_the_handler_wraps_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let counting = tower::layer::layer_fn(|inner: TowerService| {
+            tower::util::MapRequest::new(inner, |r: Record| {
+                SEEN.fetch_add(1, SeqCst);
+                r
+            })
+        });
+        let c = Consumer::builder()
+            .layer(counting)
+            .handler(|| async {})
+            .group_id("g")
+            .topic("t")
+            .bootstrap_servers("b")
+            .build()
+            .unwrap();
+        let mut service = c.lane.service.clone();
+        service.ready_call(Record::builder("t").build()).await.unwrap();
+        assert_eq!(SEEN.load(SeqCst), 1);
     }
 
     #[test]

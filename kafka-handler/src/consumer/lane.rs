@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use tokio::sync::{Semaphore, mpsc as tokio_mpsc};
 
@@ -15,7 +14,8 @@ use super::attempt::{Attempt, Started};
 use super::completion::{Completion, LaneId};
 use super::record_span::{self, Scope};
 use crate::metrics::Meters;
-use crate::{Disposition, HandlerError, Record};
+use crate::retry_policy::{ExponentialBackoff, RetryPolicy};
+use crate::{HandlerError, Record};
 
 pub(crate) use super::service::RecordService as BoxedService;
 
@@ -23,7 +23,8 @@ pub(crate) use super::service::RecordService as BoxedService;
 pub(crate) struct LaneConfig {
     pub(crate) service: BoxedService,
     pub(crate) in_flight: Arc<Semaphore>,
-    pub(crate) backoff: ExponentialBuilder,
+    /// The runtime's own retries, for failures no retry middleware took.
+    pub(crate) fallback: ExponentialBackoff,
 }
 
 /// Finished records are reported at the latest when this many are waiting.
@@ -46,7 +47,7 @@ pub(crate) async fn run_lane(
     first: Option<Started>,
     retired: Arc<AtomicBool>,
 ) {
-    let LaneConfig { mut service, in_flight, backoff } = config;
+    let LaneConfig { mut service, in_flight, fallback } = config;
     let mut records = Vec::with_capacity(64);
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<(i64, Option<HandlerError>)>| {
@@ -56,7 +57,7 @@ pub(crate) async fn run_lane(
     };
     if let Some(Started { record, attempt, span }) = first {
         let offset = record.offset();
-        let call = handle(&mut service, &in_flight, &backoff, &retired, record, Some(attempt));
+        let call = handle(&mut service, &in_flight, &fallback, &retired, record, Some(attempt));
         let failure = Scope::run(span, call).await.err();
         finished.push((offset, failure));
         if rx.is_empty() && !report(&mut finished) {
@@ -70,7 +71,7 @@ pub(crate) async fn run_lane(
             }
             let offset = record.offset();
             let span = record_span::open(&record);
-            let call = Scope::run(span, handle(&mut service, &in_flight, &backoff, &retired, record, None));
+            let call = Scope::run(span, handle(&mut service, &in_flight, &fallback, &retired, record, None));
             tokio::pin!(call);
             let failure = match futures::poll!(&mut call) {
                 Poll::Ready(result) => result.err(),
@@ -96,13 +97,13 @@ pub(crate) async fn run_lane(
 /// from the first attempt if the polling thread `started` it.
 ///
 /// A retryable failure that reaches the runtime (no retry middleware took it)
-/// is retried in place with capped exponential backoff, holding its lane: the
+/// is retried in place by the `fallback` policy, holding its lane: the
 /// runtime never skips a record a handler did not finish. A panic is a
 /// permanent failure, so one poisonous record cannot stall the partition.
 async fn handle(
     service: &mut BoxedService,
     in_flight: &Semaphore,
-    backoff: &ExponentialBuilder,
+    fallback: &ExponentialBackoff,
     retired: &AtomicBool,
     record: Record,
     started: Option<Attempt>,
@@ -126,19 +127,14 @@ async fn handle(
         }
         Some(Attempt::Failed(error)) => Some(error),
     };
-    let mut delays = None;
     let mut attempt = 1u32;
     loop {
         if let Some(error) = failed.take() {
             if retired.load(Relaxed) {
                 return Err(error);
             }
-            let delay = match error.disposition() {
-                Disposition::Permanent => return Err(error),
-                Disposition::RetryAfter(delay) => delay,
-                Disposition::Retryable => {
-                    delays.get_or_insert_with(|| backoff.build()).next().unwrap_or(Duration::from_secs(10))
-                }
+            let Some(delay) = fallback.retry(attempt, &error) else {
+                return Err(error);
             };
             tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                 attempt, ?delay, error = %error, "handler failed; retrying in place");

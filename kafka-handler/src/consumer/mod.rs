@@ -12,6 +12,7 @@ mod poll_loop;
 pub(crate) mod record_span;
 mod scheduler;
 mod service;
+mod stack;
 mod topics;
 
 use std::future::Future;

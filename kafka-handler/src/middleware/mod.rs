@@ -21,9 +21,11 @@ pub mod retry_topic;
 pub use self::dead_letter::{DeadLetter, DeadLetterLayer};
 pub use self::dedup::{Dedup, DedupLayer};
 #[cfg(feature = "retry")]
-pub use self::retry::{ExponentialBackoff, RetriesExhausted, Retry, RetryLayer, RetryPolicy};
+pub use self::retry::{Retry, RetryLayer};
 #[cfg(feature = "retry-topic")]
 pub use self::retry_topic::{RetryTopic, RetryTopicLayer};
+pub use crate::failure::RetriesExhausted;
+pub use crate::retry_policy::{ExponentialBackoff, RetryPolicy};
 
 /// Waits for `inner` to be ready and calls it, classifying any error with
 /// [`HandlerError::from_error`]: what every layer here does with its inner service.

@@ -36,7 +36,7 @@ use tower::Service;
 
 pub use self::layer::DeadLetterLayer;
 use crate::extract::{Attempt, Group, Origin};
-use crate::failure::FailureKind;
+use crate::failure::{FailureKind, RetriesExhausted};
 use crate::handler::BoxHandlerFuture;
 use crate::outcome::BoxError;
 use crate::provenance;
@@ -84,12 +84,13 @@ where
     type Error = HandlerError;
     type Future = BoxHandlerFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(HandlerError::from_error)
     }
 
     fn call(&mut self, record: Record) -> Self::Future {
-        let mut inner = self.inner.clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
         Box::pin(async move {
             let call = super::call_inner(&mut inner, record.clone());
@@ -102,7 +103,8 @@ where
                 }
                 Err(panic) => (HandlerError::from_panic(panic), "panic"),
             };
-            let attempts = attempts_of(&error, &record);
+            let attempt = record.extensions().get::<Attempt>().map_or(1, |a| a.0);
+            let attempts = RetriesExhausted::attempts_of(&error, attempt);
             let letter = dead_letter(&config, &record, &error, kind, attempts, true);
             let topic = letter.topic().to_owned();
             let mut result = config.producer.send(letter).await;
@@ -125,15 +127,6 @@ where
             }
         })
     }
-}
-
-fn attempts_of(error: &HandlerError, record: &Record) -> u32 {
-    #[cfg(feature = "retry")]
-    if let Some(exhausted) = error.source_error().downcast_ref::<crate::middleware::RetriesExhausted>() {
-        return exhausted.attempts;
-    }
-    let _ = error;
-    record.extensions().get::<Attempt>().map_or(1, |a| a.0)
 }
 
 /// The dead letter is larger than the producer or the topic accepts.

@@ -4,22 +4,24 @@
 //! same partition (or key) wait too; that keeps order. When the policy gives
 //! up, the last error becomes a permanent [`RetriesExhausted`] failure, which
 //! a [`DeadLetterLayer`](super::DeadLetterLayer) outside it sends to the
-//! dead-letter topic. Each attempt's number is in the record's extensions as
-//! [`Attempt`].
+//! dead-letter topic, and which a [`RetryTopicLayer`](super::RetryTopicLayer)
+//! outside it sends to the next retry topic instead when the last failure was
+//! retryable: each delivery from a retry topic gets the in-place retries
+//! again. Each attempt's number is in the record's extensions as
+//! [`Attempt`], counted across both.
 
 mod layer;
-mod policy;
 
-use std::fmt;
 use std::task::{Context, Poll};
 
 use tower::Service;
 
 pub use self::layer::RetryLayer;
-pub use self::policy::{ExponentialBackoff, RetryPolicy};
 use crate::extract::Attempt;
+pub use crate::failure::RetriesExhausted;
 use crate::handler::BoxHandlerFuture;
 use crate::outcome::BoxError;
+pub use crate::retry_policy::{ExponentialBackoff, RetryPolicy};
 use crate::{HandlerError, Record};
 
 /// Retries the inner service's failures as its policy says.
@@ -47,22 +49,26 @@ where
     type Error = HandlerError;
     type Future = BoxHandlerFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(HandlerError::from_error)
     }
 
     fn call(&mut self, record: Record) -> Self::Future {
-        let mut inner = self.inner.clone();
+        // The ready service makes the first attempt; the clone stays here.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let policy = self.policy.clone();
         Box::pin(async move {
-            let mut attempt = 1;
+            // A stage outside (a retry topic) may have counted attempts already.
+            let first = record.extensions().get::<Attempt>().map_or(1, |a| a.0);
+            let mut attempt = first;
             loop {
                 let mut this = record.clone();
                 this.extensions_mut().insert(Attempt(attempt));
                 let Err(error) = super::call_inner(&mut inner, this).await else {
                     return Ok(());
                 };
-                match policy.retry(attempt, &error) {
+                match policy.retry(attempt - first + 1, &error) {
                     Some(delay) => {
                         tracing::warn!(topic = record.topic(), partition = record.partition(),
                             offset = record.offset(), attempt, ?delay, error = %error, "retrying");
@@ -70,32 +76,11 @@ where
                         attempt += 1;
                         crate::metrics::Meters::of(&record).retry(attempt);
                     }
-                    None if attempt == 1 => return Err(error),
-                    None => return Err(HandlerError::permanent(RetriesExhausted { attempts: attempt, last: error })),
+                    None if attempt == first => return Err(error),
+                    None => return Err(RetriesExhausted::after(attempt, error)),
                 }
             }
         })
-    }
-}
-
-/// The retry policy gave up: how many attempts were made and the last failure.
-#[derive(Debug)]
-pub struct RetriesExhausted {
-    /// Attempts made, the first included.
-    pub attempts: u32,
-    /// The last attempt's failure.
-    pub last: HandlerError,
-}
-
-impl fmt::Display for RetriesExhausted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "gave up after {} attempts: {}", self.attempts, self.last.source_error())
-    }
-}
-
-impl std::error::Error for RetriesExhausted {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.last)
     }
 }
 

@@ -59,7 +59,7 @@ mod layer;
 mod ordered;
 
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tower::Service;
@@ -103,16 +103,17 @@ where
     type Error = HandlerError;
     type Future = BoxHandlerFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(HandlerError::from_error)
     }
 
     fn call(&mut self, mut record: Record) -> Self::Future {
-        let mut inner = self.inner.clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
         Box::pin(async move {
             let attempt = provenance::attempt(&record);
-            let level = attempt as usize - 1;
+            let level = provenance::retry_level(&record);
             let group = record.lookup::<Group>().map(|g| g.0.to_string()).unwrap_or_default();
             let origin = Origin::of(&record);
             let parking = config.parking.as_deref().zip(record.key().map(<[u8]>::to_vec));
@@ -121,17 +122,13 @@ where
             {
                 // An earlier event of this key is further up: follow it.
                 let parked = HandlerError::retryable("parked behind an earlier event of its key");
-                let out = retry_record(&record, &origin, &group, head, head as u32 + 1, now_millis(), &parked);
+                let out = retry_record(&record, &origin, &group, head, attempt, now_millis(), &parked);
                 send(&config, &record, out, attempt, head, &parked).await?;
                 parking.entered(&origin.topic, key, head, level == 0);
                 return Ok(());
             }
-            if let Some(due) = provenance::due(&record) {
-                let wait = due.saturating_sub(now_millis());
-                if wait > 0 {
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-            }
+            // The consumer holds a record of a retry topic until it is due
+            // (see `retry.due`): it arrives here on time.
             record.extensions_mut().insert(Attempt(attempt));
             let left = || {
                 if let Some((parking, key)) = &parking
@@ -144,6 +141,8 @@ where
                 left();
                 return Ok(());
             };
+            // In-place retries inside may have made more attempts.
+            let (last_attempt, error) = RetriesExhausted::resume(error, attempt);
             let delay = match error.disposition() {
                 Disposition::Permanent => {
                     left();
@@ -155,12 +154,12 @@ where
             let next = level + 1;
             let Some(&level_delay) = config.delays.get(next - 1) else {
                 left();
-                return Err(HandlerError::permanent(RetriesExhausted { attempts: attempt, last: error }));
+                return Err(RetriesExhausted::after(last_attempt, error));
             };
             let due = now_millis() + delay.unwrap_or(level_delay).max(level_delay).as_millis() as u64;
-            let retry = retry_record(&record, &origin, &group, next, attempt + 1, due, &error);
-            send(&config, &record, retry, attempt, next, &error).await?;
-            crate::metrics::Meters::of(&record).retry(attempt + 1);
+            let retry = retry_record(&record, &origin, &group, next, last_attempt + 1, due, &error);
+            send(&config, &record, retry, last_attempt, next, &error).await?;
+            crate::metrics::Meters::of(&record).retry(last_attempt + 1);
             if let Some((parking, key)) = &parking {
                 parking.entered(&origin.topic, key, next, level == 0);
             }

@@ -1,3 +1,6 @@
+//! When a failed record is tried again: the policy that in-place retries
+//! and the runtime's own fallback share.
+
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -75,6 +78,13 @@ impl ExponentialBackoff {
         self
     }
 
+    /// Retries for as long as the failure is not permanent: the runtime's
+    /// policy for failures no retry middleware took.
+    pub fn forever(mut self) -> Self {
+        self.max_retries = u32::MAX;
+        self
+    }
+
     /// Exact delays, for tests and for callers who want no randomness.
     pub fn without_jitter(mut self) -> Self {
         self.jitter = false;
@@ -82,15 +92,18 @@ impl ExponentialBackoff {
     }
 
     fn delay(&self, retry: u32) -> Duration {
+        // Sixty-four doublings are past any cap: a record retried forever
+        // does not walk further.
+        let steps = retry.clamp(1, 64);
         let mut builder = backon::ExponentialBuilder::new()
             .with_min_delay(self.initial)
             .with_factor(self.factor)
             .with_max_delay(self.max_delay)
-            .with_max_times(retry as usize);
+            .with_max_times(steps as usize);
         if self.jitter {
             builder = builder.with_jitter();
         }
-        builder.build().nth(retry as usize - 1).unwrap_or(self.max_delay)
+        builder.build().nth(steps as usize - 1).unwrap_or(self.max_delay)
     }
 }
 
