@@ -8,7 +8,6 @@
 //! that turns out to burn CPU before its first wait is no longer started here,
 //! so it cannot slow down polling.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -74,19 +73,18 @@ impl InlineStart {
         let span = record_span::open(&record);
         let entered = span.as_ref().map(record_span::Scope::enter);
         let mut call = self.service.call(record.clone());
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+        let polled = super::attempt::poll_once(&mut call, &mut cx);
         drop(entered);
         if let Some(began) = began {
             self.observe(began.elapsed());
         }
         let attempt = match polled {
-            Ok(Poll::Pending) => Attempt::Running(call, Arc::clone(in_flight).try_acquire_owned().ok(), Instant::now()),
-            Ok(Poll::Ready(Ok(()))) => return Ok(finished(&span, Ok(()))),
-            Ok(Poll::Ready(Err(error))) if error.disposition() == Disposition::Permanent => {
+            Poll::Pending => Attempt::Running(call, Arc::clone(in_flight).try_acquire_owned().ok(), Instant::now()),
+            Poll::Ready(Ok(())) => return Ok(finished(&span, Ok(()))),
+            Poll::Ready(Err(error)) if error.disposition() == Disposition::Permanent => {
                 return Ok(finished(&span, Err(error)));
             }
-            Ok(Poll::Ready(Err(error))) => Attempt::Failed(error),
-            Err(panic) => return Ok(finished(&span, Err(HandlerError::from_panic(panic)))),
+            Poll::Ready(Err(error)) => Attempt::Failed(error),
         };
         Err(Ok(Started { record, attempt, span }))
     }

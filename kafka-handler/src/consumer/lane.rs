@@ -1,16 +1,14 @@
 //! A lane runs the handler for records that must be handled one after another.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::task::Poll;
 use std::time::Instant;
 
-use futures::FutureExt;
 use tokio::sync::{Semaphore, mpsc as tokio_mpsc};
 
-use super::attempt::{Attempt, Started};
+use super::attempt::{self, Attempt, Started};
 use super::completion::{Completion, LaneId};
 use super::record_span::{self, Scope};
 use crate::metrics::Meters;
@@ -116,10 +114,8 @@ async fn handle(
                 Some(_) => None,
                 None => Some(in_flight.acquire().await.expect("the semaphore is never closed")),
             };
-            let result =
-                AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
+            let result = attempt::finish(call, waiting_since, &meters).await;
             drop((permit, waited));
-            meters.handler_call(waiting_since.elapsed(), &result);
             match result {
                 Ok(()) => return Ok(()),
                 Err(error) => Some(error),
@@ -144,12 +140,7 @@ async fn handle(
         }
         let result = {
             let _permit = in_flight.acquire().await.expect("the semaphore is never closed");
-            let began = Instant::now();
-            let call = service.ready_call(record.clone());
-            let result =
-                AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|p| Err(HandlerError::from_panic(p)));
-            meters.handler_call(began.elapsed(), &result);
-            result
+            attempt::finish(service.ready_call(record.clone()), Instant::now(), &meters).await
         };
         match result {
             Ok(()) => return Ok(()),

@@ -173,3 +173,79 @@ where
 {
     Box::new(move |inner| boxed(layer.layer(inner)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Consumer;
+
+    #[cfg(all(feature = "retry-topic", feature = "dead-letter"))]
+    #[test]
+    fn derived_topics_come_from_the_subscribed_topics_only() {
+        let producer = crate::Producer::builder().bootstrap_servers("localhost:1").build().unwrap();
+        let c = Consumer::builder()
+            .handler(|| async {})
+            .group_id("g")
+            .topic("t")
+            .bootstrap_servers("localhost:1")
+            .retry_topics(crate::middleware::RetryTopicLayer::with_delays(producer.clone(), [Duration::from_secs(1)]))
+            .dead_letter(producer)
+            .build()
+            .unwrap();
+        assert_eq!(c.topics, ["t", "t.g.retry.1", "t.g.redrive"]);
+    }
+
+    #[cfg(all(feature = "retry", feature = "retry-topic", feature = "dead-letter"))]
+    #[test]
+    fn built_in_middleware_out_of_order_or_twice_is_refused() {
+        let producer = crate::Producer::builder().bootstrap_servers("localhost:1").build().unwrap();
+        let base = || Consumer::builder().handler(|| async {}).group_id("g").topic("t").bootstrap_servers("b");
+        let retries = || crate::middleware::RetryTopicLayer::new(producer.clone());
+        let policy = crate::middleware::ExponentialBackoff::default;
+        let err = base().dead_letter(producer.clone()).retry_topics(retries()).build().unwrap_err();
+        assert!(matches!(err, Error::Layering { first: "retry_topics", then: "dead_letter" }), "{err}");
+        let err = base().retry_topics(retries()).retry(policy()).build().unwrap_err();
+        assert!(matches!(err, Error::Layering { first: "retry", then: "retry_topics" }), "{err}");
+        let err = base().retry(policy()).retry(policy()).build().unwrap_err();
+        assert!(err.to_string().contains("`.retry(..)` is written twice"), "{err}");
+        // Any tower layer may go anywhere; the built-in ones in their order.
+        let layer = tower::layer::util::Identity::new();
+        let ok = base()
+            .layer(layer.clone())
+            .retry(policy())
+            .layer(layer.clone())
+            .retry_topics(retries())
+            .dead_letter_layer(crate::middleware::DeadLetterLayer::new(producer.clone()).suffix(".dead"))
+            .layer(layer)
+            .build()
+            .unwrap();
+        assert_eq!(ok.topics, ["t", "t.g.retry.1", "t.g.retry.2", "t.g.retry.3", "t.g.redrive"]);
+        let created: Vec<&str> = ok.to_create.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(created, ["t.g.retry.1", "t.g.retry.2", "t.g.retry.3", "t.dead", "t.g.redrive"]);
+    }
+
+    #[tokio::test]
+    async fn a_layer_written_before_the_handler_wraps_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let counting = tower::layer::layer_fn(|inner: TowerService| {
+            tower::util::MapRequest::new(inner, |r: Record| {
+                SEEN.fetch_add(1, SeqCst);
+                r
+            })
+        });
+        let c = Consumer::builder()
+            .layer(counting)
+            .handler(|| async {})
+            .group_id("g")
+            .topic("t")
+            .bootstrap_servers("b")
+            .build()
+            .unwrap();
+        let mut service = c.lane.service.clone();
+        service.ready_call(Record::builder("t").build()).await.unwrap();
+        assert_eq!(SEEN.load(SeqCst), 1);
+    }
+}
