@@ -43,10 +43,9 @@ async fn forged_provenance_on_a_source_topic_steers_nothing() {
         .with_test_writer()
         .try_init();
     let cluster = MockCluster::start(1).unwrap();
-    // The mock cluster does not create topics through the admin API.
-    for topic in ["orders", "orders.g.retry.1", "orders.g.redrive", "orders.dlt"] {
-        cluster.create_topic(topic, 1).unwrap();
-    }
+    // The retry, re-drive and dead-letter topics are created by the consumer,
+    // with the defaults, through the mock cluster's own API.
+    cluster.create_topic("orders", 1).unwrap();
     let producer = Producer::builder().bootstrap_servers(cluster.bootstrap_servers()).build().unwrap();
     let in_an_hour = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() + 3_600_000;
     for payload in ["ok", "fail-once", "poison"] {
@@ -82,7 +81,6 @@ async fn forged_provenance_on_a_source_topic_steers_nothing() {
         .handler(handler)
         .retry_topics(RetryTopicLayer::with_delays(producer.clone(), [Duration::from_millis(100)]))
         .dead_letter(producer.clone())
-        .create_topics(false)
         .build()
         .unwrap();
     let started = Instant::now();

@@ -37,8 +37,22 @@ pub(super) async fn create_derived(config: &KafkaConfig, topics: &[(String, Stri
     if new.is_empty() {
         return Ok(());
     }
+    #[cfg(feature = "mock")]
+    if let Some(servers) = config.get("bootstrap.servers")
+        && let Some(created) = create_on_mock(servers, &new)
+    {
+        return created;
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&new, &options).await? {
+    let names = || new.iter().map(|t| t.name).collect::<Vec<_>>().join(", ");
+    let results = admin.create_topics(&new, &options).await.map_err(|e| {
+        Error::Config(format!(
+            "could not create the topics the consumer's middleware needs ({}): {e}; create them beforehand, \
+             with as many partitions as their source topic, and call `.create_topics(false)`",
+            names()
+        ))
+    })?;
+    for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -48,4 +62,17 @@ pub(super) async fn create_derived(config: &KafkaConfig, topics: &[(String, Stri
         }
     }
     Ok(())
+}
+
+/// Creates `topics` on this process's mock cluster at `servers`, if there is one.
+#[cfg(feature = "mock")]
+fn create_on_mock(servers: &str, topics: &[NewTopic<'_>]) -> Option<Result<(), Error>> {
+    let mut result = Some(Ok(()));
+    for topic in topics {
+        match crate::mock::create_topic(servers, topic.name, topic.num_partitions)? {
+            Ok(()) => tracing::info!(topic = topic.name, "created topic on the mock cluster"),
+            Err(e) => result = Some(Err(e)),
+        }
+    }
+    result
 }

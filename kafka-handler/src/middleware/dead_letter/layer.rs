@@ -29,7 +29,7 @@ impl DeadLetterLayer {
 impl DeadLetterLayer {
     /// The topics this layer needs for records of `topic` in `group`: where
     /// its dead letters go, and the re-drive topic the consumer also reads.
-    pub(crate) fn topics(&self, topic: &str, group: &str) -> (String, String) {
+    pub fn topics(&self, topic: &str, group: &str) -> (String, String) {
         (format!("{topic}{}", self.suffix), super::redrive_topic(topic, group))
     }
 }
