@@ -19,7 +19,7 @@ mod shutdown;
 #[cfg(feature = "trace-context")]
 mod trace_context;
 
-pub use self::consumer::{Consumer, ConsumerBuilder, Health, HealthReport, Ordering, Stalled};
+pub use self::consumer::{Consumer, ConsumerBuilder, Consumers, Health, HealthReport, Ordering, Stalled};
 pub use self::error::Error;
 pub use self::handler::{Handler, HandlerService};
 pub use self::outcome::{BoxError, Disposition, HandlerError, IntoOutcome, ResultExt};

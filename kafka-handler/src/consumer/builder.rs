@@ -151,7 +151,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// How long a graceful shutdown waits for in-flight records (default 30 s).
+    /// How long a graceful shutdown waits for the records already fetched to
+    /// finish (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self

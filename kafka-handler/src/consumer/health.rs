@@ -32,9 +32,13 @@ use crate::metrics::observed::{Brokers, Lifecycle, Observed};
 /// consumer.run().await
 /// # }
 /// ```
+///
+/// The health of several consumers, as one report, is their handles
+/// collected: `[a.health(), b.health()].into_iter().collect::<Health>()`
+/// (or [`Consumers::health`](crate::Consumers::health)).
 #[derive(Clone, Debug)]
 pub struct Health {
-    observed: Arc<Observed>,
+    observed: Vec<Arc<Observed>>,
 }
 
 /// A consumer's health, as [`Health::report`] found it.
@@ -63,6 +67,8 @@ pub struct HealthReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stalled {
+    /// The consumer group.
+    pub group: String,
     /// The topic.
     pub topic: String,
     /// The partition.
@@ -77,44 +83,66 @@ pub struct Stalled {
 
 impl Health {
     pub(crate) fn new(observed: Arc<Observed>) -> Self {
-        Self { observed }
+        Self { observed: vec![observed] }
     }
 
-    /// The consumer's health now.
+    /// The consumer's health now; of several consumers, ready and live when
+    /// each is, with their partitions and stalls together.
     pub fn report(&self) -> HealthReport {
-        let observed = &self.observed;
-        let now = Instant::now();
-        let lifecycle = observed.lifecycle();
-        let snapshot = observed.snapshot();
-        let stalled: Vec<Stalled> = snapshot
-            .partitions
-            .iter()
-            .filter_map(|p| {
-                let oldest = p.oldest?;
-                let stalled_for = now.saturating_duration_since(oldest.since);
-                (stalled_for >= observed.stall_timeout).then(|| Stalled {
-                    topic: p.topic.to_string(),
-                    partition: p.partition,
-                    offset: oldest.offset,
-                    stalled_for,
-                    in_flight: p.in_flight,
-                })
-            })
-            .collect();
-        let assigned = snapshot.partitions.len();
-        drop(snapshot);
-        let last_poll = (lifecycle != Lifecycle::Built).then(|| observed.since_last_poll(now));
-        let running = lifecycle == Lifecycle::Running;
-        HealthReport {
-            ready: running
-                && observed.joined.load(std::sync::atomic::Ordering::Relaxed)
-                && observed.brokers() != Brokers::Down,
-            live: lifecycle == Lifecycle::Built
-                || (running && last_poll.is_some_and(|age| age < observed.stall_timeout) && stalled.is_empty()),
-            assigned,
-            last_poll,
-            stalled,
+        let mut reports = self.observed.iter().map(|o| report(o));
+        let Some(mut all) = reports.next() else {
+            return HealthReport { ready: true, live: true, assigned: 0, last_poll: None, stalled: Vec::new() };
+        };
+        for one in reports {
+            all.ready &= one.ready;
+            all.live &= one.live;
+            all.assigned += one.assigned;
+            all.last_poll = all.last_poll.max(one.last_poll);
+            all.stalled.extend(one.stalled);
         }
+        all
+    }
+}
+
+impl FromIterator<Health> for Health {
+    fn from_iter<I: IntoIterator<Item = Health>>(healths: I) -> Self {
+        Self { observed: healths.into_iter().flat_map(|h| h.observed).collect() }
+    }
+}
+
+fn report(observed: &Observed) -> HealthReport {
+    let now = Instant::now();
+    let lifecycle = observed.lifecycle();
+    let snapshot = observed.snapshot();
+    let stalled: Vec<Stalled> = snapshot
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let oldest = p.oldest?;
+            let stalled_for = now.saturating_duration_since(oldest.since);
+            (stalled_for >= observed.stall_timeout).then(|| Stalled {
+                group: observed.group.to_string(),
+                topic: p.topic.to_string(),
+                partition: p.partition,
+                offset: oldest.offset,
+                stalled_for,
+                in_flight: p.in_flight,
+            })
+        })
+        .collect();
+    let assigned = snapshot.partitions.len();
+    drop(snapshot);
+    let last_poll = (lifecycle != Lifecycle::Built).then(|| observed.since_last_poll(now));
+    let running = lifecycle == Lifecycle::Running;
+    HealthReport {
+        ready: running
+            && observed.joined.load(std::sync::atomic::Ordering::Relaxed)
+            && observed.brokers() != Brokers::Down,
+        live: lifecycle == Lifecycle::Built
+            || (running && last_poll.is_some_and(|age| age < observed.stall_timeout) && stalled.is_empty()),
+        assigned,
+        last_poll,
+        stalled,
     }
 }
 

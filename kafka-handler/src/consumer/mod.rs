@@ -3,6 +3,7 @@
 mod attempt;
 mod builder;
 mod completion;
+mod consumers;
 pub(crate) mod fetch;
 mod health;
 mod inline;
@@ -26,6 +27,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 
 pub use self::builder::ConsumerBuilder;
+pub use self::consumers::Consumers;
 pub use self::health::{Health, HealthReport, Stalled};
 use self::lane::LaneConfig;
 use self::scheduler::{Scheduler, SchedulerConfig};
@@ -122,8 +124,10 @@ impl Consumer {
     }
 
     /// Runs until `signal` completes, then shuts down gracefully: stops
-    /// fetching, lets in-flight records finish within the shutdown timeout,
-    /// commits what finished and leaves the group.
+    /// fetching, lets the records already fetched finish within the shutdown
+    /// timeout (at most `max_buffered` of them; retry records not due yet
+    /// are left for the next owner), commits what finished and leaves the
+    /// group. What did not finish is redelivered to the group.
     ///
     /// Returns early with an error if the consumer cannot continue (a fatal
     /// librdkafka error). Dropping the returned future also stops the consumer.

@@ -151,15 +151,25 @@ impl Scheduler {
             let Some(mut state) = self.partitions.get_mut(topic).and_then(|t| t.remove(partition)) else {
                 continue;
             };
-            if state.outstanding > 0 {
+            let running = state.running();
+            if running > 0 {
                 tracing::warn!(
                     topic = &**topic,
                     partition,
-                    abandoned = state.outstanding,
+                    abandoned = running,
                     "in-flight records did not finish before the partition was given up; they will be redelivered"
                 );
-                self.counts.abandoned += state.outstanding as u64;
             }
+            if state.outstanding > running {
+                // Retry records not due yet: nothing was started, nothing is lost.
+                tracing::info!(
+                    topic = &**topic,
+                    partition,
+                    held = state.outstanding - running,
+                    "retry records not due yet are left to the partition's next owner"
+                );
+            }
+            self.counts.abandoned += state.outstanding as u64;
             self.buffered -= state.outstanding;
             state.retire();
             if let Some(next) = state.tracker.watermark() {
