@@ -97,7 +97,8 @@ impl Partial {
             _ => {
                 let path = &meta.path;
                 let path = quote::quote!(#path).to_string().replace(' ', "");
-                return Err(meta.error(format!("unknown argument `{path}`; {EXPECTED}")));
+                let hint = closest(&path).map(|known| format!("did you mean `{known}`? ")).unwrap_or_default();
+                return Err(meta.error(format!("unknown argument `{path}`; {hint}{EXPECTED}")));
             }
         }
         Ok(())
@@ -206,4 +207,27 @@ mod tests {
         assert_eq!(errors(quote::quote!(topics = ["a", 1], group = "g")).len(), 1);
         assert_eq!(errors(quote::quote!(topic = "a", group = "")), ["`group` must not be empty"]);
     }
+}
+
+/// The known argument `name` is most likely a misspelling of: at most two
+/// edits (insertions, deletions, substitutions) away.
+fn closest(name: &str) -> Option<&'static str> {
+    const KNOWN: [&str; 6] = ["topic", "topics", "group", "event_id", "event_id_header", "crate"];
+    KNOWN.into_iter().map(|known| (edits(name, known), known)).filter(|&(d, _)| d <= 2).min().map(|(_, k)| k)
+}
+
+/// Levenshtein distance.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }

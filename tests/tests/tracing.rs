@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kafka_handler::dedup::EventId;
 use kafka_handler::extract::Attempt;
+use kafka_handler::extract::EventId;
 use kafka_handler::middleware::RetryTopicLayer;
 use kafka_handler::mock::MockCluster;
 use kafka_handler::{Consumer, HandlerError, Outgoing, Producer, Record};

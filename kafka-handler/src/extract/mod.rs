@@ -26,6 +26,7 @@ use std::fmt;
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use self::json::Json;
 pub use self::metadata::{Attempt, Group, Headers, Key, Metadata, Payload, State};
+pub use crate::dedup::EventId;
 pub use crate::provenance::Origin;
 
 use crate::{HandlerError, Record};
@@ -34,7 +35,8 @@ use crate::{HandlerError, Record};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be taken from a Kafka record",
     label = "not an extractor",
-    note = "handler arguments must implement `FromRecord`: `Json<T>`, `Key`, `Payload`, `Headers`, `Metadata`, `Origin`, `Attempt`, `Group`, `EventId`, `State<T>` or `Record`"
+    note = "handler arguments must implement `FromRecord`: `Json<T>`, `Key`, `Payload`, `Headers`, `Metadata`, `Origin`, `Attempt`, `Group`, `EventId`, `State<T>` or `Record`",
+    note = "for a payload type that implements `serde::Deserialize`, ask for `Json<{Self}>`"
 )]
 pub trait FromRecord: Sized {
     /// Extracts the value. Extractors run in argument order; one may take a

@@ -47,6 +47,7 @@ use crate::{HandlerError, Record};
     message = "`{Self}` is not a Kafka handler",
     label = "not a handler",
     note = "a handler is an `async fn` whose arguments all implement `FromRecord` and that returns `()` or `Result<(), E>`",
+    note = "its future must be `Send`: a value that is not (an `Rc`, a `std::sync::MutexGuard`) held across an `.await` makes it no handler",
     note = "put `#[kafka_handler::handler]` on the function for a more precise error"
 )]
 pub trait Handler<T>: Clone + Send + Sync + Sized + 'static {

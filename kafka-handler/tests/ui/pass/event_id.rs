@@ -1,7 +1,7 @@
 //! `event_id` and `event_id_header` declare where dedup finds the event id;
 //! the `EventId` extractor hands it to the handler.
 
-use kafka_handler::dedup::EventId;
+use kafka_handler::extract::EventId;
 use kafka_handler::handler;
 
 #[handler(topic = "order.created", group = "payment", event_id = "eventId")]
