@@ -165,6 +165,29 @@ fn string_array(value: &Expr) -> syn::Result<Vec<LitStr>> {
     array.elems.iter().map(|e| non_empty_string(e, "topic", "topics = [\"orders\"]")).collect()
 }
 
+/// The known argument `name` is most likely a misspelling of: at most two
+/// edits (insertions, deletions, substitutions) away.
+fn closest(name: &str) -> Option<&'static str> {
+    const KNOWN: [&str; 6] = ["topic", "topics", "group", "event_id", "event_id_header", "crate"];
+    KNOWN.into_iter().map(|known| (edits(name, known), known)).filter(|&(d, _)| d <= 2).min().map(|(_, k)| k)
+}
+
+/// Levenshtein distance.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,27 +230,4 @@ mod tests {
         assert_eq!(errors(quote::quote!(topics = ["a", 1], group = "g")).len(), 1);
         assert_eq!(errors(quote::quote!(topic = "a", group = "")), ["`group` must not be empty"]);
     }
-}
-
-/// The known argument `name` is most likely a misspelling of: at most two
-/// edits (insertions, deletions, substitutions) away.
-fn closest(name: &str) -> Option<&'static str> {
-    const KNOWN: [&str; 6] = ["topic", "topics", "group", "event_id", "event_id_header", "crate"];
-    KNOWN.into_iter().map(|known| (edits(name, known), known)).filter(|&(d, _)| d <= 2).min().map(|(_, k)| k)
-}
-
-/// Levenshtein distance.
-fn edits(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(above + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
