@@ -21,7 +21,7 @@ mod trace_context;
 
 pub use self::consumer::{Consumer, ConsumerBuilder, Consumers, Health, HealthReport, Ordering, Stalled};
 pub use self::error::Error;
-pub use self::handler::{Handler, HandlerService};
+pub use self::handler::{BoxHandlerFuture, Handler, HandlerService};
 pub use self::outcome::{BoxError, Disposition, HandlerError, IntoOutcome, ResultExt};
 pub use self::producer::{Delivered, Outgoing, Producer, ProducerBuilder};
 pub use self::record::{Header, Record, RecordBuilder};
@@ -58,6 +58,9 @@ pub use kafka_handler_macros::handler;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
+
+#[doc = include_str!("docs/extending.md")]
+pub mod extending {}
 
 #[cfg(feature = "cli")]
 #[doc(hidden)]

@@ -155,15 +155,20 @@ pub fn consumer(ctx: &Ctx, job: &str) -> anyhow::Result<Consumer> {
             1,
         ),
         "order-status" => transactional(builder, &ctx.db, saga::OrderStatus { topics: topics.clone() }, &ctx.signal, 2),
-        "payment" => builder.handler(payment::handle).dedup(store),
-        "notification" => builder.handler(notification::handle).dedup(store),
+        "payment" => return finish(builder.handler(payment::handle).retry_topics(retry).dedup(store), ctx),
+        "notification" => return finish(builder.handler(notification::handle).retry_topics(retry).dedup(store), ctx),
         "dlt-monitor" => {
             let consumer = builder.handler(dead_letters::handle).build()?;
             return Ok(consumer);
         }
         other => anyhow::bail!("unknown job `{other}`; jobs: {}", crate::config::JOBS.join(", ")),
     };
-    Ok(builder.retry_topics(retry).dead_letter(ctx.producer.clone()).build()?)
+    finish(builder.retry_topics(retry), ctx)
+}
+
+/// The dead-letter topic, outermost.
+fn finish(builder: ConsumerBuilder, ctx: &Ctx) -> anyhow::Result<Consumer> {
+    Ok(builder.dead_letter(ctx.producer.clone()).build()?)
 }
 
 /// Runs the consumers of `jobs` until `shutdown`.
