@@ -140,7 +140,7 @@ async fn in_place_retries_retry_topics_and_the_dead_letter_topic_combine() {
     })
     .await;
 
-    let attempts = attempts.lock().unwrap();
+    let attempts = attempts.lock().unwrap().clone();
     let numbers = |id: &str| attempts[id].iter().map(|(n, _)| *n).collect::<Vec<_>>();
     let others_twice = attempts.iter().filter(|(id, a)| !["flaky", "broken"].contains(&id.as_str()) && a.len() != 1);
     eprintln!("flaky attempts {:?}, broken attempts {:?}", numbers("flaky"), numbers("broken"));
