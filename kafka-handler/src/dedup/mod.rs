@@ -1,4 +1,4 @@
-#![doc = include_str!("../../../docs/idempotency.md")]
+#![doc = include_str!("../docs/idempotency.md")]
 
 mod batch;
 mod event_id;
