@@ -1,4 +1,4 @@
-#![doc = include_str!("../../../docs/idempotency.md")]
+#![doc = include_str!("../docs/idempotency.md")]
 
 mod batch;
 mod event_id;
@@ -10,6 +10,8 @@ pub mod postgres;
 pub mod redis;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql_store;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
@@ -25,6 +27,9 @@ use futures::future::BoxFuture;
 pub mod transactional;
 
 pub use self::event_id::{EventId, EventIdError, EventIdErrorKind, EventIdSource};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub use self::sql_store::{SqlBackend, SqlStore};
 use crate::BoxError;
 
 /// A claim on one event id by one owner: what a [`DedupStore`] records.

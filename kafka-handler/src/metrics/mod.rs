@@ -1,4 +1,4 @@
-#![doc = include_str!("../../../docs/observability.md")]
+#![doc = include_str!("../docs/observability.md")]
 
 // The runtime records into the instruments of a `Meter` that the
 // application's `MeterProvider` makes (the global one unless

@@ -4,7 +4,7 @@
 //! so these layers compose with the ecosystem's (timeout, rate limit,
 //! concurrency limit).
 //!
-#![doc = include_str!("../../../docs/failures.md")]
+#![doc = include_str!("../docs/failures.md")]
 
 #[cfg(feature = "dead-letter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dead-letter")))]
