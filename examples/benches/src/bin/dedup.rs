@@ -14,7 +14,8 @@
 //! per event (this process, and the Redis server's own from `INFO cpu`)
 //! shows what a run costs regardless of what else the machine is doing.
 //!
-//! `scripts/bench dedup [--events N] [--rounds R] [--only redis|postgres]`
+//! `scripts/bench dedup [--events N] [--rounds R] [--only memory|redis|postgres]`
+//! (`memory`: the no-dedup and in-memory runs only, interleaved).
 
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -322,46 +323,52 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
 
-    if args.only.as_deref().is_none_or(|o| o == "redis") {
-        let url = std::env::var("REDIS_URL").expect("REDIS_URL is not set: run with scripts/bench dedup");
-        let (mut base, mut redis) = (Vec::new(), Vec::new());
+    let only = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
+    if only("memory") || only("redis") {
+        let url = only("redis")
+            .then(|| std::env::var("REDIS_URL").expect("REDIS_URL is not set: run with scripts/bench dedup"));
+        let (mut base, mut memory, mut redis) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.rounds {
             base.push(no_op(&bootstrap, &topic, args.events, Store::None).await?);
-            redis.push(no_op(&bootstrap, &topic, args.events, Store::Redis(&url)).await?);
+            memory.push(no_op(&bootstrap, &topic, args.events, Store::Memory).await?);
+            if let Some(url) = &url {
+                redis.push(no_op(&bootstrap, &topic, args.events, Store::Redis(url)).await?);
+            }
         }
-        let memory = [no_op(&bootstrap, &topic, args.events, Store::Memory).await?];
         let eps = |v: &[Run]| median(v.iter().map(|r| r.events_per_second));
-        let cpu = |v: &[Run]| format!("{:.1}", median(v.iter().map(|r| r.cpu_us)));
-        let (b, r) = (eps(&base), eps(&redis));
-        println!(
-            "\nno-op handler, Ordering::Key, max_in_flight 256, {} interleaved runs each (in-memory store: one)\n",
-            args.rounds
-        );
-        table(
-            &["consumer", "events/s (median)", "runs", "CPU µs/event, consumer", "CPU µs/event, Redis"],
-            &[
-                vec!["no dedup".into(), format!("{b:.0}"), runs(&base), cpu(&base), "-".into()],
-                vec![
-                    "dedup, in-memory store".into(),
-                    format!("{:.0}", eps(&memory)),
-                    runs(&memory),
-                    cpu(&memory),
-                    "-".into(),
-                ],
-                vec![
-                    "Redis dedup".into(),
-                    format!("{r:.0}"),
-                    runs(&redis),
-                    cpu(&redis),
-                    format!("{:.1}", median(redis.iter().filter_map(|r| r.redis_cpu_us))),
-                ],
+        let cpu = |v: &[Run]| median(v.iter().map(|r| r.cpu_us));
+        let (b, m) = (eps(&base), eps(&memory));
+        println!("\nno-op handler, Ordering::Key, max_in_flight 256, {} interleaved runs each\n", args.rounds);
+        let mut rows = vec![
+            vec!["no dedup".into(), format!("{b:.0}"), runs(&base), format!("{:.2}", cpu(&base)), "-".into()],
+            vec![
+                "dedup, in-memory store".into(),
+                format!("{m:.0}"),
+                runs(&memory),
+                format!("{:.2}", cpu(&memory)),
+                "-".into(),
             ],
-        );
-        println!("Redis dedup costs {:.1} µs per record (from the medians)", (1.0 / r - 1.0 / b) * 1e6);
-        results.push(format!("RESULT dedup_redis_ratio {:.3}", r / b));
+        ];
+        if !redis.is_empty() {
+            rows.push(vec![
+                "Redis dedup".into(),
+                format!("{:.0}", eps(&redis)),
+                runs(&redis),
+                format!("{:.2}", cpu(&redis)),
+                format!("{:.1}", median(redis.iter().filter_map(|r| r.redis_cpu_us))),
+            ]);
+        }
+        table(&["consumer", "events/s (median)", "runs", "CPU µs/event, consumer", "CPU µs/event, Redis"], &rows);
+        results.push(format!("RESULT dedup_memory_added_us {:.2}", cpu(&memory) - cpu(&base)));
+        results.push(format!("RESULT dedup_memory_ratio {:.3}", m / b));
+        if !redis.is_empty() {
+            let r = eps(&redis);
+            println!("Redis dedup costs {:.1} µs per record (from the medians)", (1.0 / r - 1.0 / b) * 1e6);
+            results.push(format!("RESULT dedup_redis_ratio {:.3}", r / b));
+        }
     }
 
-    if args.only.as_deref().is_none_or(|o| o == "postgres") {
+    if only("postgres") {
         let url = std::env::var("DATABASE_URL").expect("DATABASE_URL is not set: run with scripts/bench dedup");
         let pool = PgPoolOptions::new().max_connections(1).connect(&url).await?;
         PostgresStore::new(pool.clone()).migrate().await?;

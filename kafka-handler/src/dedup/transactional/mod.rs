@@ -110,7 +110,7 @@ pub struct Transactional<DB: Backend, H> {
 
 struct Shared<DB: Backend, H> {
     pool: sqlx::Pool<DB>,
-    handler: H,
+    handler: Arc<H>,
     source: EventIdSource,
     consumer: Arc<str>,
     max_batch: usize,
@@ -132,7 +132,7 @@ impl<DB: Backend, H: TxHandler<DB>> Transactional<DB, H> {
         Self {
             shared: Arc::new(Shared {
                 pool,
-                handler,
+                handler: Arc::new(handler),
                 source: EventIdSource::default(),
                 consumer: Arc::from(super::consumer_name()),
                 max_batch: 256,
@@ -170,9 +170,29 @@ impl<DB: Backend, H: TxHandler<DB>> Transactional<DB, H> {
         self.shared.counters.clone()
     }
 
+    /// Changes this service's settings. A service configured after it was
+    /// cloned becomes a service of its own: the clones keep the old settings
+    /// and their running transactions.
     fn configure(mut self, f: impl FnOnce(&mut Shared<DB, H>)) -> Self {
-        f(Arc::get_mut(&mut self.shared).expect("configure before the first call"));
+        f(Arc::make_mut(&mut self.shared));
         self
+    }
+}
+
+impl<DB: Backend, H> Clone for Shared<DB, H> {
+    /// The same settings and handler, with a queue of its own, started on
+    /// its first call.
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            handler: self.handler.clone(),
+            source: self.source.clone(),
+            consumer: self.consumer.clone(),
+            max_batch: self.max_batch,
+            connections: self.connections,
+            counters: self.counters.clone(),
+            queue: OnceLock::new(),
+        }
     }
 }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
-use super::Dedup;
+use super::{Dedup, DedupState};
 use crate::dedup::{Batcher, DedupCounters, DedupStore, EventIdSource};
 
 /// Handles each event once per consumer group, checking its event id in a
@@ -20,7 +20,6 @@ pub struct DedupLayer {
     pub(super) retention: Duration,
     pub(super) recheck: Duration,
     pub(super) counters: Arc<DedupCounters>,
-    pub(super) batcher: Option<Arc<Batcher>>,
 }
 
 impl DedupLayer {
@@ -33,7 +32,6 @@ impl DedupLayer {
             retention: Duration::from_secs(7 * 24 * 3600),
             recheck: Duration::from_millis(200),
             counters: Arc::default(),
-            batcher: None,
         }
     }
 
@@ -76,21 +74,19 @@ impl DedupLayer {
         self.source.get_or_insert(source);
         self
     }
-
-    fn batcher(&self) -> Arc<Batcher> {
-        match &self.batcher {
-            Some(b) => b.clone(),
-            None => Arc::new(Batcher::new(self.store.clone(), self.lease, self.retention)),
-        }
-    }
 }
 
 impl<S> Layer<S> for DedupLayer {
     type Service = Dedup<S>;
 
+    /// A service with a batcher of its own, shared by its clones.
     fn layer(&self, inner: S) -> Self::Service {
-        let mut config = self.clone();
-        config.batcher = Some(self.batcher());
-        Dedup { inner, config: Arc::new(config) }
+        let state = DedupState {
+            batcher: Batcher::new(self.store.clone(), self.lease, self.retention),
+            source: self.source.clone().unwrap_or_default(),
+            recheck: self.recheck,
+            counters: self.counters.clone(),
+        };
+        Dedup { inner, state: Arc::new(state) }
     }
 }

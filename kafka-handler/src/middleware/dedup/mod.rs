@@ -28,7 +28,7 @@ use futures::FutureExt;
 use tower::Service;
 
 pub use self::layer::DedupLayer;
-use crate::dedup::{Claim, DedupCounters, Deferred, EventId, Lease, StoreError};
+use crate::dedup::{Batcher, Claim, DedupCounters, Deferred, EventId, EventIdSource, Lease, StoreError};
 use crate::extract::Group;
 use crate::handler::BoxHandlerFuture;
 use crate::outcome::BoxError;
@@ -38,7 +38,16 @@ use crate::{HandlerError, Record};
 #[derive(Clone, Debug)]
 pub struct Dedup<S> {
     inner: S,
-    config: Arc<DedupLayer>,
+    state: Arc<DedupState>,
+}
+
+/// What the clones of one [`Dedup`] share.
+#[derive(Debug)]
+struct DedupState {
+    batcher: Batcher,
+    source: EventIdSource,
+    recheck: Duration,
+    counters: Arc<DedupCounters>,
 }
 
 impl<S> Service<Record> for Dedup<S>
@@ -51,20 +60,20 @@ where
     type Error = HandlerError;
     type Future = BoxHandlerFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(HandlerError::from_error)
     }
 
     fn call(&mut self, mut record: Record) -> Self::Future {
-        let mut inner = self.inner.clone();
-        let config = self.config.clone();
+        // The service made ready is the one called; the clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
         Box::pin(async move {
-            let source = config.source.clone().unwrap_or_default();
-            let event_id = source.event_id(&record).map_err(HandlerError::permanent)?;
+            let event_id = state.source.event_id(&record).map_err(HandlerError::permanent)?;
             let group = record.lookup::<Group>().ok_or_else(|| HandlerError::permanent("no consumer group"))?;
             let lease = Lease { group: group.0.clone(), event_id: event_id.clone(), owner: owner() };
-            let batcher = config.batcher.as_ref().expect("made by DedupLayer::layer");
-            let counters = &config.counters;
+            let (batcher, counters) = (&state.batcher, &*state.counters);
             let mut waited = false;
             loop {
                 match until_ok(counters, "claim", || batcher.claim(lease.clone())).await {
@@ -83,7 +92,7 @@ where
                         if !std::mem::replace(&mut waited, true) {
                             DedupCounters::add(&counters.waits, 1);
                         }
-                        tokio::time::sleep(config.recheck).await;
+                        tokio::time::sleep(state.recheck).await;
                     }
                 }
             }
@@ -91,7 +100,8 @@ where
             let deferred = Deferred::default();
             record.extensions_mut().insert(EventId(event_id));
             record.extensions_mut().insert(deferred.clone());
-            let result = AssertUnwindSafe(super::call_inner(&mut inner, record)).catch_unwind().await;
+            let call = async { inner.call(record).await.map_err(HandlerError::from_error) };
+            let result = AssertUnwindSafe(call).catch_unwind().await;
             if matches!(result, Ok(Ok(()))) && !deferred.is_set() {
                 until_ok(counters, "done mark", || batcher.complete(lease.clone())).await;
             } else if let Err(e) = batcher.release(lease.clone()).await {
