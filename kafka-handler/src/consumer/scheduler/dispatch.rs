@@ -33,7 +33,8 @@ impl Scheduler {
         // The trace context is read only for a record span's parent, so only
         // while a subscriber wants record spans; asked once a batch.
         #[cfg(feature = "trace-context")]
-        let context = self.propagation != crate::trace_context::Propagation::None && crate::consumer::record_span::wanted();
+        let context =
+            self.propagation != crate::trace_context::Propagation::None && crate::consumer::record_span::wanted();
         #[cfg(not(feature = "trace-context"))]
         let context = false;
         let mut batch = batch.into_iter().peekable();
@@ -104,7 +105,7 @@ fn dispatch_one(state: &mut PartitionState, starter: &mut Starter<'_>, msg: Poll
         Arc::clone(starter.shared),
     );
     #[cfg(feature = "trace-context")]
-    if context && let Some(cx) = starter.propagation.extract(borrowed) {
+    if context && let Some(cx) = starter.propagation.extract(borrowed.map(|h| move || h.iter())) {
         record.set_trace_parent(cx);
     }
     let lane_key = match (starter.ordering, msg.key()) {
