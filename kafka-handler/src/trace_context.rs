@@ -13,6 +13,12 @@ use opentelemetry::{Context, global};
 
 use crate::record::Header;
 
+/// The instrumentation scope of the spans the runtime makes itself:
+/// `kafka-handler` and its version.
+pub(crate) fn scope() -> opentelemetry::InstrumentationScope {
+    opentelemetry::InstrumentationScope::builder("kafka-handler").with_version(env!("CARGO_PKG_VERSION")).build()
+}
+
 /// The context carried by `headers`; an empty one when there is none.
 pub(crate) fn extract(headers: &[Header]) -> Context {
     extract_from(&HeaderExtractor(headers))
