@@ -14,7 +14,9 @@
 //! With the `trace-context` feature, a record whose trace the producer did
 //! not sample gets no span: only its context, made current while the
 //! handler runs, so that the trace is carried on (unsampled) and a sampled
-//! fraction of the traffic costs a sampled fraction of the spans.
+//! fraction of the traffic costs a sampled fraction of the spans. A record
+//! without trace context starts a trace: with a global tracer provider, its
+//! sampler is asked before any span is made (see [`root`]).
 
 use std::borrow::Cow;
 use std::fmt;
