@@ -5,12 +5,19 @@
 //! the SDK's `TraceContextPropagator`, which writes `traceparent` and
 //! `tracestate`). Until one is set nothing is written or read.
 
+use std::marker::PhantomData;
+
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, global};
 
-use crate::consumer::fetch::RawHeaders;
 use crate::record::Header;
+
+/// The instrumentation scope of the spans the runtime makes itself:
+/// `kafka-handler` and its version.
+pub(crate) fn scope() -> opentelemetry::InstrumentationScope {
+    opentelemetry::InstrumentationScope::builder("kafka-handler").with_version(env!("CARGO_PKG_VERSION")).build()
+}
 
 /// The context carried by `headers`; an empty one when there is none.
 pub(crate) fn extract(headers: &[Header]) -> Context {
@@ -62,9 +69,13 @@ impl Propagation {
         }
     }
 
-    /// The context carried by a record's headers as librdkafka holds them,
-    /// read without copying them out; `None` without a propagator.
-    pub(crate) fn extract(self, headers: Option<RawHeaders<'_>>) -> Option<Context> {
+    /// The context carried by a record's headers where they are kept, read
+    /// without copying them out: `headers` gives each header's name and
+    /// value, in order, every time it is called. `None` without a propagator.
+    pub(crate) fn extract<'h, I>(self, headers: Option<impl Fn() -> I>) -> Option<Context>
+    where
+        I: DoubleEndedIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    {
         let headers = match (self, headers) {
             (Propagation::None, _) => return None,
             (_, None) => return Some(Context::new()),
@@ -73,7 +84,7 @@ impl Propagation {
         if self == Propagation::W3c {
             // One pass over the headers for both names; the last of each.
             let (mut parent, mut state) = (None, None);
-            for (name, value) in headers.iter() {
+            for (name, value) in headers() {
                 match name {
                     TRACEPARENT => parent = value,
                     TRACESTATE => state = value,
@@ -88,7 +99,9 @@ impl Propagation {
                 return Some(Context::new().with_remote_span_context(sc));
             }
         }
-        Some(global::get_text_map_propagator(|propagator| propagator.extract(&BorrowedExtractor(headers))))
+        Some(global::get_text_map_propagator(|propagator| {
+            propagator.extract(&BorrowedExtractor(&headers, PhantomData))
+        }))
     }
 }
 
@@ -192,18 +205,22 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Reads headers where librdkafka keeps them.
-struct BorrowedExtractor<'a>(RawHeaders<'a>);
+/// Reads headers where they are kept (librdkafka's, for a fetched record).
+struct BorrowedExtractor<'h, F>(F, PhantomData<&'h ()>);
 
-impl Extractor for BorrowedExtractor<'_> {
+impl<'h, F, I> Extractor for BorrowedExtractor<'h, F>
+where
+    F: Fn() -> I,
+    I: DoubleEndedIterator<Item = (&'h str, Option<&'h [u8]>)>,
+{
     /// The last header of that name, as [`HeaderExtractor`] reads it.
     fn get(&self, key: &str) -> Option<&str> {
-        let (_, value) = self.0.iter().rev().find(|(name, _)| *name == key)?;
+        let (_, value) = (self.0)().rev().find(|(name, _)| *name == key)?;
         std::str::from_utf8(value?).ok()
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name).collect()
+        (self.0)().map(|(name, _)| name).collect()
     }
 }
 
@@ -290,8 +307,9 @@ mod tests {
             Box::new(BaggagePropagator::new()),
         ]);
         assert_eq!(Propagation::of(&composite), Propagation::Other);
-        assert!(Propagation::None.extract(None).is_none());
-        let empty = Propagation::W3c.extract(None).expect("a context");
+        let no_headers = None::<fn() -> std::iter::Empty<(&'static str, Option<&'static [u8]>)>>;
+        assert!(Propagation::None.extract(no_headers).is_none());
+        let empty = Propagation::W3c.extract(no_headers).expect("a context");
         assert!(!empty.span().span_context().is_valid());
     }
 

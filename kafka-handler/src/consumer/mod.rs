@@ -323,3 +323,19 @@ fn describe(tpl: &TopicPartitionList) -> String {
     let parts: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
     parts.join(",")
 }
+
+/// The dedup layer's counters, as the metrics read them.
+#[cfg(feature = "metrics")]
+impl crate::metrics::DedupCounts for crate::dedup::DedupCounters {
+    fn hits(&self) -> u64 {
+        crate::dedup::DedupCounters::hits(self)
+    }
+
+    fn waits(&self) -> u64 {
+        crate::dedup::DedupCounters::waits(self)
+    }
+
+    fn store_errors(&self) -> u64 {
+        crate::dedup::DedupCounters::store_errors(self)
+    }
+}

@@ -14,7 +14,9 @@
 //! With the `trace-context` feature, a record whose trace the producer did
 //! not sample gets no span: only its context, made current while the
 //! handler runs, so that the trace is carried on (unsampled) and a sampled
-//! fraction of the traffic costs a sampled fraction of the spans.
+//! fraction of the traffic costs a sampled fraction of the spans. A record
+//! without trace context starts a trace: with a global tracer provider, its
+//! sampler is asked before any span is made (see [`root`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -29,6 +31,10 @@ use crate::{Disposition, HandlerError, Record};
 /// The target of the record spans, for filters: `kafka_handler::record=debug`.
 pub(crate) const TARGET: &str = "kafka_handler::record";
 
+/// The record span's name, before `otel.name` gives it its OpenTelemetry one.
+#[cfg(feature = "trace-context")]
+const SPAN_NAME: &str = "kafka_handler.record";
+
 /// Where the consumer's records carry their event id (as dedup reads it),
 /// for the spans' `messaging.message.id`.
 #[derive(Clone, Debug)]
@@ -42,6 +48,11 @@ pub(crate) enum Scope {
     /// carries the trace on (unsampled) and the spans it opens join it.
     #[cfg(feature = "trace-context")]
     Context(opentelemetry::Context),
+    /// The span of a record without trace context that the global tracer
+    /// provider's sampler chose to trace, made through the OpenTelemetry
+    /// API (see [`root`]); current while the handler runs, ended on close.
+    #[cfg(feature = "trace-context")]
+    Root(opentelemetry::Context),
 }
 
 /// A [`Scope`] entered on this thread, until dropped.
@@ -60,7 +71,7 @@ impl Scope {
                 _context: None,
             },
             #[cfg(feature = "trace-context")]
-            Scope::Context(cx) => Entered { _span: None, _context: Some(cx.clone().attach()) },
+            Scope::Context(cx) | Scope::Root(cx) => Entered { _span: None, _context: Some(cx.clone().attach()) },
         }
     }
 
@@ -70,6 +81,8 @@ impl Scope {
             Scope::Span(span) => close(span, result),
             #[cfg(feature = "trace-context")]
             Scope::Context(_) => {}
+            #[cfg(feature = "trace-context")]
+            Scope::Root(cx) => root::close(cx, result),
         }
     }
 
@@ -87,6 +100,12 @@ impl Scope {
             }
             #[cfg(feature = "trace-context")]
             Some(Scope::Context(cx)) => opentelemetry::context::FutureExt::with_context(call, cx).await,
+            #[cfg(feature = "trace-context")]
+            Some(Scope::Root(cx)) => {
+                let result = opentelemetry::context::FutureExt::with_context(call, cx.clone()).await;
+                root::close(&cx, &result);
+                result
+            }
         }
     }
 }
@@ -131,9 +150,22 @@ fn open_span(record: &Record) -> Option<Scope> {
         if unsampled(&cx) {
             return Some(Scope::Context(cx));
         }
+        // A root: asked of the sampler before any span is made.
+        if is_root(&cx)
+            && let Some(scope) = root::open(record)
+        {
+            return Some(scope);
+        }
         cx.attach()
     };
     Some(Scope::Span(recorded(record)))
+}
+
+/// Whether `cx` carries no trace: the record's span would start one.
+#[cfg(feature = "trace-context")]
+fn is_root(cx: &opentelemetry::Context) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    !cx.span().span_context().is_valid()
 }
 
 /// Whether `cx` carries a trace its producer did not sample.
@@ -198,6 +230,11 @@ pub(crate) fn close(span: &Span, result: &Result<(), HandlerError>) {
 #[cfg(any(feature = "retry-topic", feature = "dead-letter"))]
 pub(crate) fn forwarded(topic: &str, kind: &str, error: &HandlerError) {
     let span = Span::current();
+    #[cfg(feature = "trace-context")]
+    if span.is_none() {
+        root::forwarded(topic, kind, error);
+        return;
+    }
     span.record("kafka_handler.forwarded_to", topic);
     span.record("error.type", kind);
     span.record("otel.status_description", display(error.source_error()));
@@ -220,5 +257,112 @@ struct Process<'a>(&'a str);
 impl fmt::Display for Process<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "process {}", self.0)
+    }
+}
+
+/// The span of a record without trace context, when the application set a
+/// global tracer provider: its sampler is asked before the span is made,
+/// with nothing but the span's kind, so that a root it drops costs a
+/// sampling decision and a context, not a `tracing` span's attributes. A
+/// sampled root's span is made here, through the OpenTelemetry API, with
+/// the record span's name, kind and attributes; a dropped one's context is
+/// carried on like a producer's unsampled one.
+///
+/// Without a global tracer provider (its tracer makes invalid contexts), a
+/// root gets the `tracing` span, and `tracing-opentelemetry` asks the
+/// sampler when it starts it.
+#[cfg(feature = "trace-context")]
+mod root {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _, Tracer as _};
+    use opentelemetry::{Context, KeyValue, global};
+
+    use super::{Scope, attempt, kind};
+    use crate::extract::Group;
+    use crate::{Disposition, HandlerError, Record};
+
+    /// The global provider's tracer, taken the first time a root arrives:
+    /// the provider is set before consumers run.
+    fn tracer() -> &'static global::BoxedTracer {
+        static TRACER: OnceLock<global::BoxedTracer> = OnceLock::new();
+        TRACER.get_or_init(|| global::tracer_with_scope(crate::trace_context::scope()))
+    }
+
+    /// The scope of a root `record`; `None` without a global tracer provider.
+    pub(super) fn open(record: &Record) -> Option<Scope> {
+        let builder = SpanBuilder::from_name(super::SPAN_NAME).with_kind(SpanKind::Consumer);
+        let span = tracer().build_with_context(builder, &Context::new());
+        let sc = opentelemetry::trace::Span::span_context(&span);
+        if !sc.is_valid() {
+            return None;
+        }
+        if !sc.is_sampled() {
+            return Some(Scope::Context(Context::new().with_span(span)));
+        }
+        let cx = Context::new().with_span(span);
+        let span = cx.span();
+        span.update_name(format!("process {}", record.topic()));
+        span.set_attributes(attributes(record));
+        Some(Scope::Root(cx))
+    }
+
+    /// The record span's fields, as attributes.
+    fn attributes(record: &Record) -> Vec<KeyValue> {
+        let mut attrs = Vec::with_capacity(11);
+        attrs.extend([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.destination.name", record.topic().to_owned()),
+            KeyValue::new("messaging.destination.partition.id", record.partition().to_string()),
+            KeyValue::new("messaging.kafka.offset", record.offset()),
+            KeyValue::new("kafka_handler.attempt", attempt(record)),
+        ]);
+        if let Some(group) = record.lookup::<Group>() {
+            attrs.push(KeyValue::new(
+                "messaging.consumer.group.name",
+                opentelemetry::StringValue::from(group.0.clone()),
+            ));
+        }
+        if let Some(key) = record.key() {
+            attrs.push(KeyValue::new("messaging.kafka.message.key", String::from_utf8_lossy(key).into_owned()));
+        }
+        if let Some(id) = record.lookup::<super::EventIdOf>().and_then(|source| source.0.event_id(record).ok()) {
+            attrs.push(KeyValue::new("messaging.message.id", id.to_string()));
+        }
+        attrs
+    }
+
+    /// Records how the handling ended, as [`super::close`] does, and ends
+    /// the span.
+    pub(super) fn close(cx: &Context, result: &Result<(), HandlerError>) {
+        let span = cx.span();
+        match result {
+            Ok(()) => span.set_attribute(KeyValue::new("kafka_handler.outcome", "ok")),
+            Err(error) if error.disposition() == Disposition::Permanent => {
+                span.set_attributes([
+                    KeyValue::new("kafka_handler.outcome", "failed"),
+                    KeyValue::new("error.type", kind(error)),
+                ]);
+                span.set_status(Status::error(error.source_error().to_string()));
+            }
+            Err(_) => span.set_attribute(KeyValue::new("kafka_handler.outcome", "abandoned")),
+        }
+        span.end();
+    }
+
+    /// [`super::forwarded`], on the current OpenTelemetry span: a root's.
+    #[cfg(any(feature = "retry-topic", feature = "dead-letter"))]
+    pub(super) fn forwarded(topic: &str, kind: &str, error: &HandlerError) {
+        let cx = Context::current();
+        let span = cx.span();
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("kafka_handler.forwarded_to", topic.to_owned()),
+                KeyValue::new("error.type", kind.to_owned()),
+            ]);
+            span.set_status(Status::error(error.source_error().to_string()));
+        }
     }
 }

@@ -4,12 +4,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::{KeyValue, StringValue};
 
-use super::Meters;
 use super::observed::{Observed, PartitionView};
-use crate::dedup::DedupCounters;
+use super::{DedupCounts, Meters};
 use crate::{Disposition, HandlerError};
 
 /// Bucket bounds of the duration histogram, in seconds: from a cache hit to a
@@ -20,13 +19,16 @@ const DURATION_BOUNDS: [f64; 15] =
 /// Attempt numbers above this are reported as this, to bound cardinality.
 const MAX_ATTEMPT: u32 = 10;
 
-/// The instruments recorded into as events happen.
+/// The instruments recorded into as events happen, with their attribute
+/// sets bound in advance: recording allocates nothing.
 #[derive(Debug)]
 pub(crate) struct Recorders {
     group: KeyValue,
     duration: Histogram<f64>,
     outcomes: [[KeyValue; 2]; 3],
     retries: Counter<u64>,
+    /// By attempt, 0 to [`MAX_ATTEMPT`].
+    attempts: Vec<[KeyValue; 2]>,
     dead_letters: Counter<u64>,
 }
 
@@ -41,21 +43,26 @@ impl Recorders {
     }
 
     pub(super) fn retry(&self, attempt: u32) {
-        let attempt = KeyValue::new("attempt", i64::from(attempt.min(MAX_ATTEMPT)));
-        self.retries.add(1, &[self.group.clone(), attempt]);
+        self.retries.add(1, &self.attempts[attempt.min(MAX_ATTEMPT) as usize]);
     }
 
     pub(super) fn dead_letter(&self, topic: &str, kind: &'static str) {
+        // Rare: the topic's attribute is made when it happens.
         let attrs = [self.group.clone(), KeyValue::new("topic", topic.to_owned()), KeyValue::new("kind", kind)];
         self.dead_letters.add(1, &attrs);
     }
 }
 
+/// An attribute whose value is shared, not copied, each time it is cloned.
+fn shared(key: &'static str, value: &Arc<str>) -> KeyValue {
+    KeyValue::new(key, StringValue::from(Arc::clone(value)))
+}
+
 /// Makes the consumer's instruments in `meter`. Observable ones read
 /// `observed` (and the dedup counters) when the exporter collects, until the
 /// consumer is dropped.
-pub(crate) fn register(meter: &Meter, observed: &Arc<Observed>, dedup: Option<Arc<DedupCounters>>) -> Meters {
-    let group = KeyValue::new("group", observed.group.to_string());
+pub(crate) fn register<D: DedupCounts>(meter: &Meter, observed: &Arc<Observed>, dedup: Option<Arc<D>>) -> Meters {
+    let group = shared("group", &observed.group);
     per_partition(meter, observed);
     per_group(meter, observed, &group);
     if let Some(counters) = dedup {
@@ -70,6 +77,7 @@ pub(crate) fn register(meter: &Meter, observed: &Arc<Observed>, dedup: Option<Ar
             .with_boundaries(DURATION_BOUNDS.to_vec())
             .build(),
         outcomes: [outcome("ok"), outcome("retryable"), outcome("permanent")],
+        attempts: (0..=MAX_ATTEMPT).map(|n| [group.clone(), KeyValue::new("attempt", i64::from(n))]).collect(),
         retries: meter
             .u64_counter("kafka_handler.consumer.retries")
             .with_unit("{retry}")
@@ -89,13 +97,9 @@ pub(crate) fn register(meter: &Meter, observed: &Arc<Observed>, dedup: Option<Ar
 fn for_partitions(observed: &Weak<Observed>, mut each: impl FnMut(&Observed, &PartitionView, &[KeyValue])) {
     let Some(observed) = observed.upgrade() else { return };
     let snapshot = observed.snapshot().clone();
-    let group = KeyValue::new("group", observed.group.to_string());
+    let group = shared("group", &observed.group);
     for p in &snapshot.partitions {
-        let attrs = [
-            group.clone(),
-            KeyValue::new("topic", p.topic.to_string()),
-            KeyValue::new("partition", i64::from(p.partition)),
-        ];
+        let attrs = [group.clone(), shared("topic", &p.topic), KeyValue::new("partition", i64::from(p.partition))];
         each(&observed, p, &attrs);
     }
 }
@@ -222,25 +226,25 @@ fn per_group(meter: &Meter, observed: &Arc<Observed>, group: &KeyValue) {
     }
 }
 
-fn dedup_counters(meter: &Meter, counters: Arc<DedupCounters>, group: &KeyValue) {
+fn dedup_counters<D: DedupCounts>(meter: &Meter, counters: Arc<D>, group: &KeyValue) {
     for (name, unit, description, read) in [
         (
             "kafka_handler.dedup.hits",
             "{record}",
             "Records skipped because their event was handled before",
-            DedupCounters::hits as fn(&DedupCounters) -> u64,
+            D::hits as fn(&D) -> u64,
         ),
         (
             "kafka_handler.dedup.waits",
             "{wait}",
             "Times a record waited for its event's claim held by another consumer",
-            DedupCounters::waits,
+            D::waits,
         ),
         (
             "kafka_handler.dedup.store_errors",
             "{error}",
             "Dedup store calls that failed (the records were retried)",
-            DedupCounters::store_errors,
+            D::store_errors,
         ),
     ] {
         let (counters, attrs) = (Arc::downgrade(&counters), [group.clone()]);

@@ -29,6 +29,18 @@ pub(crate) fn scope() -> opentelemetry::InstrumentationScope {
     opentelemetry::InstrumentationScope::builder("kafka-handler").with_version(env!("CARGO_PKG_VERSION")).build()
 }
 
+/// What a dedup layer counts, read when the exporter collects: the runtime
+/// hands the layer's counters over without this module knowing the layer.
+#[cfg(feature = "metrics")]
+pub(crate) trait DedupCounts: Send + Sync + 'static {
+    /// Records skipped because their event was handled before.
+    fn hits(&self) -> u64;
+    /// Times a record waited for its event's claim held by another consumer.
+    fn waits(&self) -> u64;
+    /// Store calls that failed.
+    fn store_errors(&self) -> u64;
+}
+
 /// Where the runtime and its middleware record events; found in the
 /// consumer's shared extensions.
 #[derive(Clone, Debug, Default)]

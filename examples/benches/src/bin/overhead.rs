@@ -12,8 +12,17 @@
 //! and head sampling at 1 % (`ParentBased(TraceIdRatioBased(0.01))`) on a
 //! second topic whose records carry the `traceparent` a producer sampling
 //! 1 % writes, with a plain run on that topic to compare with; and the 1 %
-//! sampler on records without trace context, where each record is a root.
-//! Then the peak RSS of a process draining the whole backlog with the runtime.
+//! sampler on records without trace context, where each record is a root;
+//! and every record sampled on a third topic whose records each carry a
+//! sampled `traceparent`. The tracer provider is also the global one, as in
+//! a service. Then the peak RSS of a process draining the whole backlog.
+//!
+//! Besides throughput, each instrumented row's cost in absolute terms: the
+//! CPU time per record of its process minus that of the plain run on the
+//! same topic (`RESULT metrics_ns_per_record`,
+//! `trace_unsampled_ns_per_record`: the worse of the 1 % rows, traced topic
+//! and roots; `trace_sampled_us_per_record`: the worse of roots and
+//! children of a sampled context).
 //!
 //! `scripts/bench overhead [--events N] [--rounds R]`; to profile one side
 //! on a loaded topic: `overhead --baseline-probe TOPIC` (the tuned loop),
@@ -222,6 +231,11 @@ fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     }
     let tracer = SdkTracerProvider::builder().with_sampler(with.sampler()).with_batch_exporter(DropSpans).build();
+    // As a service does: the runtime asks the global provider's sampler about
+    // records without trace context before it makes their spans.
+    if with.tracing() {
+        opentelemetry::global::set_tracer_provider(tracer.clone());
+    }
     let level = if with.tracing() { LevelFilter::DEBUG } else { LevelFilter::OFF };
     let spans = Targets::new().with_target("kafka_handler::record", level);
     tracing_subscriber::registry()
@@ -232,10 +246,10 @@ fn instrument(with: Instrumentation) -> (SdkMeterProvider, SdkTracerProvider) {
 }
 
 /// Loads `count` events like [`load`]'s, each with the `traceparent` of a
-/// producer that samples [`SAMPLED`] of its traces: a fresh trace per event,
-/// the sampled flag on one in 100.
-fn load_traced(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> {
-    let every = (1.0 / SAMPLED) as u64;
+/// producer that samples `ratio` of its traces: a fresh trace per event,
+/// the sampled flag on one in `1 / ratio`.
+fn load_traced(bootstrap: &str, topic: &str, count: u64, ratio: f64) -> anyhow::Result<()> {
+    let every = (1.0 / ratio) as u64;
     load_with_headers(bootstrap, topic, count, 10_000, 100, |i| {
         let ids = uuid::Uuid::new_v4().as_u128();
         let flags = if i % every == 0 { "01" } else { "00" };
@@ -286,15 +300,20 @@ async fn main() -> anyhow::Result<()> {
     let traced = fresh("overhead-traced");
     create_topic(&bootstrap, &traced, 12).await?;
     let t = Instant::now();
-    load_traced(&bootstrap, &traced, args.events)?;
+    load_traced(&bootstrap, &traced, args.events, SAMPLED)?;
     println!("loaded the same with a traceparent each (1 % sampled) into {traced} in {:.1?}", t.elapsed());
+    let sampled = fresh("overhead-sampled");
+    create_topic(&bootstrap, &sampled, 12).await?;
+    let t = Instant::now();
+    load_traced(&bootstrap, &sampled, args.events, 1.0)?;
+    println!("loaded the same with a sampled traceparent each into {sampled} in {:.1?}", t.elapsed());
 
     let exe = std::env::current_exe()?;
     let (mut base, mut tuned) = (Vec::new(), Vec::new());
     // The runtime's runs each in a process of their own, alike but for what
     // they turn on and the topic they read: subscriber and meter provider
     // are global.
-    let rows: [(&str, &str, Instrumentation); 9] = [
+    let rows: [(&str, &str, Instrumentation); 10] = [
         ("kafka-handler, no-op handler", &topic, Instrumentation::None),
         ("kafka-handler, metrics", &topic, Instrumentation::Metrics),
         ("kafka-handler, tracing, every record sampled", &topic, Instrumentation::Tracing),
@@ -304,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
         ("kafka-handler, metrics + tracing, 1 % sampled, traced topic", &traced, Instrumentation::BothSampled),
         ("kafka-handler, tracing, 1 % sampler, no trace context (roots)", &topic, Instrumentation::TracingSampled),
         ("kafka-handler, metrics + tracing, 1 % sampler, no trace context", &topic, Instrumentation::BothSampled),
+        ("kafka-handler, tracing, every record sampled, sampled trace context", &sampled, Instrumentation::Tracing),
     ];
     let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rows.len()];
     for _ in 0..args.rounds {
@@ -382,6 +402,31 @@ async fn main() -> anyhow::Result<()> {
         eps[7] / eps[0],
         eps[8] / eps[0]
     );
+    // In absolute terms: CPU time per record of the instrumented run minus
+    // that of the plain run on the same topic.
+    let ns = |with: usize, plain: usize| (cpu[with] - cpu[plain]) * 1000.0;
+    println!(
+        "CPU ns per record added: metrics {:.0}; tracing, every record sampled {:.0}; \
+         tracing at 1 %, traced topic {:.0}, roots {:.0}; metrics + tracing at 1 %, traced topic {:.0}, roots {:.0}",
+        ns(1, 0),
+        ns(2, 0),
+        ns(5, 4),
+        ns(7, 0),
+        ns(6, 4),
+        ns(8, 0)
+    );
+    println!("RESULT metrics_ns_per_record {:.0}", ns(1, 0));
+    // The worse of the two ways a record goes unsampled: its producer did
+    // not sample its trace, or it starts one the sampler drops.
+    println!("RESULT trace_unsampled_ns_per_record {:.0}", ns(5, 4).max(ns(7, 0)));
+    // A sampled record's span: a root's, and a child's of the producer's
+    // span (against the plain run on the traced topic: the same headers).
+    println!(
+        "CPU µs per sampled record added: roots {:.2}, children of a sampled trace context {:.2}",
+        cpu[2] - cpu[0],
+        cpu[9] - cpu[4]
+    );
+    println!("RESULT trace_sampled_us_per_record {:.2}", (cpu[2] - cpu[0]).max(cpu[9] - cpu[4]));
     // What a production service runs: traces sampled at the head (1 %),
     // the consumers following the producer's decision; against the plain
     // runtime on the same records.

@@ -105,7 +105,7 @@ fn dispatch_one(state: &mut PartitionState, starter: &mut Starter<'_>, msg: Poll
         Arc::clone(starter.shared),
     );
     #[cfg(feature = "trace-context")]
-    if context && let Some(cx) = starter.propagation.extract(borrowed) {
+    if context && let Some(cx) = starter.propagation.extract(borrowed.map(|h| move || h.iter())) {
         record.set_trace_parent(cx);
     }
     let lane_key = match (starter.ordering, msg.key()) {
