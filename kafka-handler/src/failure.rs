@@ -114,6 +114,7 @@ impl RetriesExhausted {
     /// number and the failure to act on. An exhausted failure whose last
     /// failure was not permanent gives that failure, so the record goes on;
     /// any other failure is the failure of attempt `attempt`.
+    #[cfg(feature = "retry-topic")]
     pub(crate) fn resume(error: HandlerError, attempt: u32) -> (u32, HandlerError) {
         match Self::take(error) {
             Ok(exhausted) if exhausted.last.disposition() != Disposition::Permanent => {
@@ -126,6 +127,7 @@ impl RetriesExhausted {
 
     /// How many attempts a record had when it failed with `error`: the count
     /// an exhausted retry stage reports, else `attempt`.
+    #[cfg(feature = "dead-letter")]
     pub(crate) fn attempts_of(error: &HandlerError, attempt: u32) -> u32 {
         error.source_error().downcast_ref::<Self>().map_or(attempt, |e| e.attempts)
     }

@@ -97,9 +97,9 @@ impl SqlBackend for Postgres {
             .await?;
             let mut claims = vec![Claim::InProgress; leases.len()];
             for (n, acquired, done) in rows {
-                let claim = claims.get_mut(usize::try_from(n - 1).unwrap_or(usize::MAX)).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("the claim answered row {n} of {}", leases.len()))
-                })?;
+                let claim = claims
+                    .get_mut(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                    .ok_or_else(|| sqlx::Error::Protocol(format!("the claim answered row {n} of {}", leases.len())))?;
                 *claim = match (acquired, done) {
                     (true, _) => Claim::Acquired,
                     (false, true) => Claim::Done,

@@ -49,7 +49,11 @@ pub trait SqlBackend: sqlx::Database + sealed::Sealed {
 
     /// Marks distinct events done, whether or not their claim is still held.
     #[doc(hidden)]
-    fn complete<'a>(pool: &'a Pool<Self>, consumer: &'a str, leases: &'a [&'a Lease]) -> BoxFuture<'a, sqlx::Result<()>>;
+    fn complete<'a>(
+        pool: &'a Pool<Self>,
+        consumer: &'a str,
+        leases: &'a [&'a Lease],
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
 
     /// Deletes the claims that their owner still holds.
     #[doc(hidden)]

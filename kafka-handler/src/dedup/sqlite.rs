@@ -78,7 +78,11 @@ impl SqlBackend for Sqlite {
         .boxed()
     }
 
-    fn complete<'a>(pool: &'a SqlitePool, consumer: &'a str, leases: &'a [&'a Lease]) -> BoxFuture<'a, sqlx::Result<()>> {
+    fn complete<'a>(
+        pool: &'a SqlitePool,
+        consumer: &'a str,
+        leases: &'a [&'a Lease],
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
         async move {
             let now = now_ms();
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;

@@ -29,6 +29,7 @@ pub use crate::retry_policy::{ExponentialBackoff, RetryPolicy};
 
 /// Waits for `inner` to be ready and calls it, classifying any error with
 /// [`HandlerError::from_error`]: what every layer here does with its inner service.
+#[cfg(any(feature = "retry", feature = "retry-topic", feature = "dead-letter"))]
 pub(crate) async fn call_inner<S>(inner: &mut S, record: crate::Record) -> Result<(), crate::HandlerError>
 where
     S: tower::Service<crate::Record, Response = ()>,
