@@ -14,6 +14,7 @@ mod outcome;
 mod producer;
 mod provenance;
 mod record;
+mod record_span;
 mod retry_policy;
 mod shutdown;
 #[cfg(feature = "trace-context")]

@@ -15,9 +15,9 @@ use std::time::Instant;
 use futures::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::record_span::Scope;
 use crate::handler::BoxHandlerFuture;
 use crate::metrics::Meters;
+use crate::record_span::Scope;
 use crate::{HandlerError, Record};
 
 /// Polls `call` once; a panic is a permanent failure.

@@ -333,7 +333,7 @@ impl ConsumerBuilder {
         };
         let max_buffered = self.max_buffered.unwrap_or((4 * self.max_in_flight).max(10_000));
         self.shared.insert(crate::extract::Group(Arc::from(group_id.as_str())));
-        self.shared.insert(super::record_span::EventIdOf(event_id));
+        self.shared.insert(crate::record_span::EventIdOf(event_id));
         let observed = Arc::new(Observed::new(Arc::from(group_id.as_str()), self.stall_timeout));
         Ok(Consumer {
             config: self.config,

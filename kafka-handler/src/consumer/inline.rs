@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::attempt::{Attempt, Started};
-use super::record_span;
 use super::service::RecordService;
+use crate::record_span;
 use crate::{Disposition, HandlerError, Record};
 
 /// A first poll longer than this is slow.

@@ -10,8 +10,8 @@ use tokio::sync::{Semaphore, mpsc as tokio_mpsc};
 
 use super::attempt::{self, Attempt, Started};
 use super::completion::{Completion, LaneId};
-use super::record_span::{self, Scope};
 use crate::metrics::Meters;
+use crate::record_span::{self, Scope};
 use crate::retry_policy::{ExponentialBackoff, RetryPolicy};
 use crate::{HandlerError, Record};
 

@@ -10,7 +10,6 @@ mod inline;
 mod lane;
 mod offsets;
 mod poll_loop;
-pub(crate) mod record_span;
 mod scheduler;
 mod service;
 mod stack;

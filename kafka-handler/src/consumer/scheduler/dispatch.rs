@@ -33,8 +33,7 @@ impl Scheduler {
         // The trace context is read only for a record span's parent, so only
         // while a subscriber wants record spans; asked once a batch.
         #[cfg(feature = "trace-context")]
-        let context =
-            self.propagation != crate::trace_context::Propagation::None && crate::consumer::record_span::wanted();
+        let context = self.propagation != crate::trace_context::Propagation::None && crate::record_span::wanted();
         #[cfg(not(feature = "trace-context"))]
         let context = false;
         let mut batch = batch.into_iter().peekable();

@@ -72,8 +72,8 @@ impl Scheduler {
             propagation: crate::trace_context::Propagation::current(),
             reads_headers: config.lane.service.reads_headers()
                 || matches!(
-                    config.shared.get::<super::record_span::EventIdOf>(),
-                    Some(super::record_span::EventIdOf(crate::dedup::EventIdSource::Header(_)))
+                    config.shared.get::<crate::record_span::EventIdOf>(),
+                    Some(crate::record_span::EventIdOf(crate::dedup::EventIdSource::Header(_)))
                 ),
             lane: config.lane,
             completions_tx,

@@ -116,7 +116,7 @@ where
             }
             match result {
                 Ok(at) => {
-                    crate::consumer::record_span::forwarded(&topic, kind, &error);
+                    crate::record_span::forwarded(&topic, kind, &error);
                     crate::metrics::Meters::of(&record).dead_letter(&Origin::of(&record).topic, kind);
                     tracing::warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                         dlt_partition = at.partition, dlt_offset = at.offset, kind, error = %error,

@@ -181,7 +181,7 @@ async fn send(
     match config.producer.send(out).await {
         Ok(_) => {
             crate::dedup::Deferred::mark(record);
-            crate::consumer::record_span::forwarded(&topic, "retryable", error);
+            crate::record_span::forwarded(&topic, "retryable", error);
             tracing::info!(topic = record.topic(), partition = record.partition(), offset = record.offset(),
                 attempt, level, error = %error, "record sent to a retry topic");
             Ok(())
