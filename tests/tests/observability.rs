@@ -2,13 +2,12 @@
 //! probe read them: through the OpenTelemetry Prometheus exporter and
 //! `Consumer::health`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use kafka_handler::dedup::{Claim, DedupStore, Lease, StoreError};
+use kafka_handler::dedup::MemoryStore;
 use kafka_handler::extract::{Attempt, Json, Metadata};
 use kafka_handler::middleware::{DedupLayer, ExponentialBackoff};
 use kafka_handler::mock::MockCluster;
@@ -227,47 +226,6 @@ async fn a_stalled_partition_is_reported_by_the_health_check_within_the_threshol
     stop(stop_tx, task).await;
     let after = health.report();
     assert!(!after.live && !after.ready, "after run: neither: {after:?}");
-}
-
-/// Dedup claims kept in memory, for the mock-cluster test: by (group, event
-/// id), the owner of a claim, or `None` once the event is done.
-#[derive(Default)]
-struct MemoryStore(Mutex<HashMap<EventKey, Option<Arc<str>>>>);
-
-type EventKey = (Arc<str>, Arc<str>);
-
-impl DedupStore for MemoryStore {
-    fn claim<'a>(&'a self, leases: &'a [Lease], _ttl: Duration) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>> {
-        let mut claims = self.0.lock().unwrap();
-        let answers = leases
-            .iter()
-            .map(|l| match claims.get(&(l.group.clone(), l.event_id.clone())) {
-                Some(None) => Claim::Done,
-                Some(Some(owner)) if *owner != l.owner => Claim::InProgress,
-                _ => {
-                    claims.insert((l.group.clone(), l.event_id.clone()), Some(l.owner.clone()));
-                    Claim::Acquired
-                }
-            })
-            .collect();
-        Box::pin(async move { Ok(answers) })
-    }
-
-    fn complete<'a>(&'a self, leases: &'a [Lease], _retention: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut claims = self.0.lock().unwrap();
-        for l in leases {
-            claims.insert((l.group.clone(), l.event_id.clone()), None);
-        }
-        Box::pin(async { Ok(()) })
-    }
-
-    fn release<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut claims = self.0.lock().unwrap();
-        for l in leases {
-            claims.remove(&(l.group.clone(), l.event_id.clone()));
-        }
-        Box::pin(async { Ok(()) })
-    }
 }
 
 /// Metric names referenced by a dashboard or rule file.

@@ -2,6 +2,7 @@
 
 mod batch;
 mod event_id;
+mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -27,6 +28,7 @@ use futures::future::BoxFuture;
 pub mod transactional;
 
 pub use self::event_id::{EventId, EventIdError, EventIdErrorKind, EventIdSource};
+pub use self::memory::MemoryStore;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use self::sql_store::{SqlBackend, SqlStore};

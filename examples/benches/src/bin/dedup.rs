@@ -17,16 +17,14 @@
 //! `scripts/bench dedup [--events N] [--rounds R] [--only memory|redis|postgres]`
 //! (`memory`: the no-dedup and in-memory runs only, interleaved).
 
-use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
+use kafka_handler::dedup::MemoryStore;
 use kafka_handler::dedup::postgres::PostgresStore;
 use kafka_handler::dedup::redis::RedisStore;
 use kafka_handler::dedup::transactional::{Transactional, TxHandler};
-use kafka_handler::dedup::{Claim, DedupStore, Lease, StoreError};
 use kafka_handler::extract::{FromRecord, Json};
 use kafka_handler::middleware::DedupLayer;
 use kafka_handler::{Consumer, ConsumerBuilder, HandlerError, Ordering, Record, ResultExt};
@@ -131,56 +129,6 @@ async fn redis_cpu_seconds(url: &str) -> anyhow::Result<f64> {
         .filter_map(|l| l.strip_prefix("used_cpu_user:").or_else(|| l.strip_prefix("used_cpu_sys:")))
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .sum())
-}
-
-/// Claims and done marks in a map in memory, answered at once: the dedup
-/// layer's own cost, without a store to wait for. Expiry is left out (the
-/// runs are shorter than any lease).
-#[derive(Default)]
-struct MemoryStore(std::sync::Mutex<Entries>);
-
-/// (group, event id) → the claim's owner, or `None` once the event is done.
-type Entries = std::collections::HashMap<(Arc<str>, Arc<str>), Option<Arc<str>>>;
-
-impl DedupStore for MemoryStore {
-    fn claim<'a>(&'a self, leases: &'a [Lease], _: Duration) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>> {
-        let mut map = self.0.lock().unwrap();
-        let claims = leases
-            .iter()
-            .map(|l| match map.entry((l.group.clone(), l.event_id.clone())) {
-                Entry::Vacant(e) => {
-                    e.insert(Some(l.owner.clone()));
-                    Claim::Acquired
-                }
-                Entry::Occupied(e) => match e.get() {
-                    None => Claim::Done,
-                    Some(owner) if *owner == l.owner => Claim::Acquired,
-                    Some(_) => Claim::InProgress,
-                },
-            })
-            .collect();
-        Box::pin(std::future::ready(Ok(claims)))
-    }
-
-    fn complete<'a>(&'a self, leases: &'a [Lease], _: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut map = self.0.lock().unwrap();
-        for l in leases {
-            map.insert((l.group.clone(), l.event_id.clone()), None);
-        }
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn release<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut map = self.0.lock().unwrap();
-        for l in leases {
-            if let Entry::Occupied(e) = map.entry((l.group.clone(), l.event_id.clone()))
-                && e.get().as_ref() == Some(&l.owner)
-            {
-                e.remove();
-            }
-        }
-        Box::pin(std::future::ready(Ok(())))
-    }
 }
 
 /// Where a no-op handler checks its events.
