@@ -60,6 +60,10 @@ pub use kafka_handler_macros::handler;
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 
+#[cfg(feature = "endpoint")]
+#[cfg_attr(docsrs, doc(cfg(feature = "endpoint")))]
+pub mod endpoint;
+
 #[doc = include_str!("docs/extending.md")]
 pub mod extending {}
 

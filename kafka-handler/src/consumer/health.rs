@@ -130,8 +130,8 @@ fn report(observed: &Observed) -> HealthReport {
             })
         })
         .collect();
-    let assigned = snapshot.partitions.len();
     drop(snapshot);
+    let assigned = observed.assigned();
     let last_poll = (lifecycle != Lifecycle::Built).then(|| observed.since_last_poll(now));
     let running = lifecycle == Lifecycle::Running;
     HealthReport {

@@ -165,7 +165,7 @@ fn per_group(meter: &Meter, observed: &Arc<Observed>, group: &KeyValue) {
         .with_description("Partitions assigned to the consumer")
         .with_callback(move |gauge| {
             if let Some(o) = weak.upgrade() {
-                gauge.observe(o.snapshot().partitions.len() as i64, &attrs);
+                gauge.observe(o.assigned() as i64, &attrs);
             }
         })
         .build();

@@ -124,10 +124,24 @@ impl Observed {
         self.set_lifecycle(Lifecycle::Running);
     }
 
-    /// The consumer stopped: it holds no partitions any more.
+    /// The consumer stopped: it holds no partitions and no work any more.
+    /// The partitions stay in the snapshot, so that their lag is still
+    /// exported (as last committed) after the stop instead of vanishing.
     pub(crate) fn stop(&self) {
-        self.snapshot().partitions.clear();
+        for p in &mut self.snapshot().partitions {
+            p.in_flight = 0;
+            p.oldest = None;
+            p.paused = false;
+        }
         self.set_lifecycle(Lifecycle::Stopped);
+    }
+
+    /// Partitions assigned now: none once stopped.
+    pub(crate) fn assigned(&self) -> usize {
+        match self.lifecycle() {
+            Lifecycle::Stopped => 0,
+            _ => self.snapshot().partitions.len(),
+        }
     }
 
     pub(crate) fn set_lifecycle(&self, lifecycle: Lifecycle) {
