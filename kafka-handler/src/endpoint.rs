@@ -11,7 +11,7 @@
 //! | `GET /health/live` | `200` when [`HealthReport::live`], else `503`; the report as text |
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run() -> Result<(), kafka_handler::BoxError> {
 //! use kafka_handler::Consumer;
 //! use kafka_handler::endpoint::Endpoint;
 //!
