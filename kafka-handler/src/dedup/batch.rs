@@ -78,11 +78,12 @@ impl Batcher {
     }
 
     async fn call(&self, op: Op, lease: Lease) -> Result<Claim, StoreError> {
-        let (reply, mut answer) = oneshot::channel();
-        let taken = {
-            let mut queue = self.0.lock();
-            queue.waiting.push(Request { op, lease, reply });
-            queue.take()
+        let (taken, mut answer) = match self.0.enqueue(op, lease) {
+            Enqueued::Alone(op, lease) => {
+                let _slot = Slot(self.0.clone());
+                return self.0.single(op, lease).await;
+            }
+            Enqueued::Queued(taken, answer) => (taken, answer),
         };
         if let Some(batch) = taken {
             // Our own request is in the batch: answered when it returns.
@@ -97,9 +98,42 @@ impl Batcher {
     }
 }
 
+/// What [`Shared::enqueue`] did with a request.
+enum Enqueued {
+    /// Nobody waits and a slot was free: it is taken, for this request alone.
+    Alone(Op, Lease),
+    /// Queued; with a batch to run, if a slot was free.
+    Queued(Option<Vec<Request>>, oneshot::Receiver<Result<Claim, StoreError>>),
+}
+
 impl Shared {
+    fn enqueue(&self, op: Op, lease: Lease) -> Enqueued {
+        let mut queue = self.lock();
+        if queue.waiting.is_empty() && queue.running < MAX_CONCURRENT {
+            // A batch of one, without the queue or a reply.
+            queue.running += 1;
+            return Enqueued::Alone(op, lease);
+        }
+        let (reply, answer) = oneshot::channel();
+        queue.waiting.push(Request { op, lease, reply });
+        Enqueued::Queued(queue.take(), answer)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the store call for one request alone.
+    async fn single(&self, op: Op, lease: Lease) -> Result<Claim, StoreError> {
+        let leases = std::slice::from_ref(&lease);
+        match op {
+            Op::Claim => match self.store.claim(leases, self.ttl).await?.as_slice() {
+                [claim] => Ok(*claim),
+                claims => Err(StoreError::new(format!("the store answered {} of 1 claims", claims.len()))),
+            },
+            Op::Complete => self.store.complete(leases, self.retention).await.map(|()| Claim::Done),
+            Op::Release => self.store.release(leases).await.map(|()| Claim::Done),
+        }
     }
 
     /// Makes the store calls of one batch and answers every caller.
