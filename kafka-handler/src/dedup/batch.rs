@@ -56,7 +56,10 @@ struct Queue {
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("ttl", &self.0.ttl).field("retention", &self.0.retention).finish_non_exhaustive()
+        f.debug_struct("Batcher")
+            .field("ttl", &self.0.ttl)
+            .field("retention", &self.0.retention)
+            .finish_non_exhaustive()
     }
 }
 
