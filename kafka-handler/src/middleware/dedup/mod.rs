@@ -140,13 +140,37 @@ where
 
 /// A token unique to one claim: this process's random id and a counter.
 fn owner() -> Arc<str> {
+    use std::fmt::Write as _;
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let process = PROCESS.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
-        h.finish()
+        format!("{:016x}-", h.finish())
     });
-    Arc::from(format!("{process:016x}-{}", NEXT.fetch_add(1, Relaxed)))
+    // Written into a buffer on the stack: one allocation, the `Arc`'s own.
+    let mut token = Token::default();
+    token.0[..process.len()].copy_from_slice(process.as_bytes());
+    token.1 = process.len();
+    let _ = write!(token, "{}", NEXT.fetch_add(1, Relaxed));
+    Arc::from(std::str::from_utf8(&token.0[..token.1]).unwrap_or_default())
+}
+
+/// Room for 17 bytes of process id and a counter of at most 20 digits.
+struct Token([u8; 40], usize);
+
+impl Default for Token {
+    fn default() -> Self {
+        Self([0; 40], 0)
+    }
+}
+
+impl std::fmt::Write for Token {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.1 + s.len();
+        self.0.get_mut(self.1..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.1 = end;
+        Ok(())
+    }
 }
