@@ -233,7 +233,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut e2e = e2e_latencies(&db, since).await?;
 
     println!("POST /orders/sync at {} orders/s for {} s …", args.sync_rate, args.sync_seconds);
-    let mut slow = load::fixed_rate(format!("{base}/orders/sync"), args.sync_rate, args.sync_seconds, args.users).await?;
+    let mut slow =
+        load::fixed_rate(format!("{base}/orders/sync"), args.sync_rate, args.sync_seconds, args.users).await?;
     restored.abort();
 
     let (f50, f99) = (percentile(&mut fast.latencies, 50.0), percentile(&mut fast.latencies, 99.0));

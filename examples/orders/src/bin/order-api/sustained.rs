@@ -148,13 +148,14 @@ impl Ladder<'_> {
         println!("(lag: the largest sum over a group's partitions during the step / at its end)");
         println!();
         let names = self.processes.names();
-        println!("| CPU ms per order | {} |", steps.iter().map(|s| format!("{}/s", s.rate)).collect::<Vec<_>>().join(" | "));
+        println!(
+            "| CPU ms per order | {} |",
+            steps.iter().map(|s| format!("{}/s", s.rate)).collect::<Vec<_>>().join(" | ")
+        );
         println!("| --- |{}", " ---: |".repeat(steps.len()));
         for (i, name) in names.iter().enumerate() {
-            let cells: Vec<String> = steps
-                .iter()
-                .map(|s| format!("{:.2}", s.cpu[i].as_secs_f64() * 1e3 / s.orders.max(1) as f64))
-                .collect();
+            let cells: Vec<String> =
+                steps.iter().map(|s| format!("{:.2}", s.cpu[i].as_secs_f64() * 1e3 / s.orders.max(1) as f64)).collect();
             println!("| {name} | {} |", cells.join(" | "));
         }
         let cores: Vec<String> = steps
@@ -162,7 +163,7 @@ impl Ladder<'_> {
             .map(|s| format!("{:.2}", s.cpu.iter().sum::<Duration>().as_secs_f64() / s.window.as_secs_f64()))
             .collect();
         println!("| cores busy, step and drain | {} |", cores.join(" | "));
-        let best = steps.iter().filter(|s| s.passed()).last();
+        let best = steps.iter().rfind(|s| s.passed());
         println!();
         println!("RESULT order_sustained_rate {}", best.map_or(0, |s| s.rate));
         let cpu = best.or(steps.last()).map_or(0.0, Step::cpu_ms_per_order);
@@ -252,7 +253,6 @@ impl Lags {
             })
             .collect()
     }
-
 }
 
 /// Samples the lags every second on a thread of its own until stopped.
