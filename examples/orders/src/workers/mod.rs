@@ -6,6 +6,7 @@
 
 pub mod analytics;
 pub mod dead_letters;
+pub mod interest;
 pub mod inventory;
 pub mod notification;
 pub mod of_record;
@@ -155,16 +156,26 @@ pub fn consumer(ctx: &Ctx, job: &str) -> anyhow::Result<Consumer> {
             1,
         ),
         "order-status" => transactional(builder, &ctx.db, saga::OrderStatus { topics: topics.clone() }, &ctx.signal, 2),
-        "payment" => return finish(builder.handler(payment::handle).retry_topics(retry).dedup(store), ctx),
-        "notification" => return finish(builder.handler(notification::handle).retry_topics(retry).dedup(store), ctx),
+        // A provider call takes its time (1 s in the domain): a group keeps
+        // up only with rate × latency calls in flight.
+        "payment" => builder.handler(payment::handle).max_in_flight(PROVIDER_CALLS),
+        "notification" => builder.handler(notification::handle).max_in_flight(PROVIDER_CALLS),
         "dlt-monitor" => {
             let consumer = builder.handler(dead_letters::handle).build()?;
             return Ok(consumer);
         }
         other => anyhow::bail!("unknown job `{other}`; jobs: {}", crate::config::JOBS.join(", ")),
     };
-    finish(builder.retry_topics(retry), ctx)
+    let builder = builder.retry_topics(retry);
+    // Store dedup for the jobs whose effect is outside the database.
+    let builder = if matches!(job, "payment" | "notification") { builder.dedup(store) } else { builder };
+    let interest = interest::InterestLayer { topic: topics.events.clone(), ignored: interest::ignored(job) };
+    finish(builder.layer(interest), ctx)
 }
+
+/// Handler calls in flight in the groups that call a provider: 1,000 orders
+/// per second at 1 s each, with room for retries.
+const PROVIDER_CALLS: usize = 4096;
 
 /// The dead-letter topic, outermost.
 fn finish(builder: ConsumerBuilder, ctx: &Ctx) -> anyhow::Result<Consumer> {

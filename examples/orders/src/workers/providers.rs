@@ -33,7 +33,7 @@ impl Providers {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(512)
+            .pool_max_idle_per_host(4096)
             .build()?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned() })
     }

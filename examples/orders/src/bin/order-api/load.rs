@@ -30,25 +30,28 @@ impl Outcome {
 
 /// Sends `rate` requests per second for `seconds` to `url` from a thread with
 /// its own runtime, each request on its own task, with a fresh
-/// `Idempotency-Key` as a careful client sends.
-pub(crate) async fn fixed_rate(url: String, rate: u64, seconds: u64) -> anyhow::Result<Outcome> {
+/// `Idempotency-Key` as a careful client sends; the orders come from `users`
+/// distinct users.
+pub(crate) async fn fixed_rate(url: String, rate: u64, seconds: u64, users: usize) -> anyhow::Result<Outcome> {
     let thread = std::thread::Builder::new().name("load".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(send(url, rate, seconds))
+        runtime.block_on(send(url, rate, seconds, users))
     })?;
     tokio::task::spawn_blocking(move || thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the load generator panicked"))?
 }
 
-async fn send(url: String, rate: u64, seconds: u64) -> anyhow::Result<Outcome> {
+async fn send(url: String, rate: u64, seconds: u64, users: usize) -> anyhow::Result<Outcome> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .build()?;
     let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let load = Load::new(1);
+    let load = Load { users, ..Load::new(1) };
+    // Users spread over the whole range, not the first `total` of it.
+    let offset = fastrand::usize(..users.max(1));
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let total = rate * seconds;
     let mut tasks = tokio::task::JoinSet::new();
@@ -59,7 +62,7 @@ async fn send(url: String, rate: u64, seconds: u64) -> anyhow::Result<Outcome> {
         tokio::time::sleep_until(due.into()).await;
         let sent = Instant::now();
         last = sent;
-        let body = order_body(&load, i as usize);
+        let body = order_body(&load, i as usize + offset);
         let request = http.post(&url).header("Idempotency-Key", uuid::Uuid::new_v4().to_string()).json(&body);
         let outcome = outcome.clone();
         tasks.spawn(async move {

@@ -14,6 +14,8 @@
 
 mod load;
 mod roles;
+mod sustained;
+mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +54,27 @@ struct Args {
     /// hosts, even where one can be made.
     #[arg(long)]
     no_idle_group: bool,
+    /// The sustained mode: each consumer group a process of its own, every
+    /// process at the normal priority, the rates of `--steps` held for
+    /// `--step-seconds` each, up to the first step the pipeline does not
+    /// keep up with (end-to-end p99 over 5 s); no inline endpoint.
+    #[arg(long)]
+    sustained: bool,
+    /// The sustained mode's rates, orders per second.
+    #[arg(long, value_delimiter = ',', default_value = "100,200,400,700,1000")]
+    steps: Vec<u64>,
+    /// How long each step of the sustained mode lasts, in seconds.
+    #[arg(long, default_value_t = 60)]
+    step_seconds: u64,
+    /// How long the sustained mode waits, after a step's load, for its
+    /// orders to settle.
+    #[arg(long, default_value_t = 30)]
+    drain_seconds: u64,
+    /// Distinct users the orders come from. Each user's events are handled
+    /// in order, so a user's orders pass a 1 s provider one after another:
+    /// `users` ÷ provider latency bounds the rate.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -121,16 +144,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ]
     };
     let (relay, _) = Role::start("relay", &["relay"], &env("orders-relay"), false)?;
-    let (workers, _) = Role::start("workers", &["worker", "all"], &env("orders-worker"), false)?;
+    let mut workers = Vec::new();
+    if args.sustained {
+        for job in orders::config::JOBS {
+            workers.push((job, Role::start(job, &["worker", job], &env("orders-worker"), false)?.0));
+        }
+    } else {
+        workers.push(("workers", Role::start("workers", &["worker", "all"], &env("orders-worker"), false)?.0));
+    }
     let (api, base) = Role::start("api", &["api"], &env("orders-api"), true)?;
-    let elsewhere = [simulator.pid(), relay.pid(), workers.pid()];
+    let mut elsewhere = vec![simulator.pid(), relay.pid()];
+    elsewhere.extend(workers.iter().map(|(_, w)| w.pid()));
+    let mut processes = vec![("api", api.pid()), ("relay", relay.pid())];
+    processes.extend(workers.iter().map(|(job, w)| (*job, w.pid())));
+    processes.push(("simulator", simulator.pid()));
     let api_pid = api.pid();
     let db_pool = sqlx::PgPool::connect(&database).await?;
     let db_pool = &db_pool;
-    let _roles = [simulator, relay, workers, api];
+    let _roles = ([simulator, relay, api], workers);
     let base = base.expect("announced");
     println!(
-        "order API on {base}; API, relay, workers, simulator: one process each; providers answer in {} ms",
+        "order API on {base}; API, relay, {}, simulator: one process each; providers answer in {} ms",
+        if args.sustained { "each consumer group" } else { "workers" },
         args.latency_ms
     );
 
@@ -138,6 +173,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drive(&base, &Load { concurrency: 8, ..Load::new(100) }).await?;
     wait_settled(&db, Duration::from_secs(120)).await?;
     println!("100 warm-up orders settled in {:.1} s", warm_up.elapsed().as_secs_f64());
+
+    if args.sustained {
+        println!("every process at the normal priority; orders from {} users", args.users);
+        return sustained::Ladder {
+            base: &base,
+            db: &db,
+            settings: &settings,
+            processes: usage::Processes::new(&processes),
+            rates: args.steps.clone(),
+            seconds: args.step_seconds,
+            drain: Duration::from_secs(args.drain_seconds),
+            users: args.users,
+        }
+        .run()
+        .await;
+    }
 
     let since = orders::config::now_ms();
     let wants_group = args.nice != 0 && !args.no_idle_group;
@@ -166,7 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let lowered = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), args.nice, idle.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let mut fast = load::fixed_rate(format!("{base}/orders"), args.rate, args.seconds).await?;
+    let mut fast = load::fixed_rate(format!("{base}/orders"), args.rate, args.seconds, args.users).await?;
     lowered.abort();
     let (api_process, api_sessions) = api_pids(api_pid).await;
     let used = |before: &std::collections::HashMap<u32, Duration>, pids: &[u32]| -> f64 {
@@ -176,13 +227,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         total.as_secs_f64() * 1e6 / fast.sent.max(1) as f64
     };
     let (api_cpu, pg_cpu) = (used(&cpu_before.0, &api_process), used(&cpu_before.1, &api_sessions));
-    let restored = tokio::spawn(keep_nice(database.clone(), elsewhere.to_vec(), 0, idle.clone()));
+    let restored = tokio::spawn(keep_nice(database.clone(), elsewhere.clone(), 0, idle.clone()));
     let open = wait_settled(&db, Duration::from_secs(600)).await?;
     let drained_in = started.elapsed();
     let mut e2e = e2e_latencies(&db, since).await?;
 
     println!("POST /orders/sync at {} orders/s for {} s …", args.sync_rate, args.sync_seconds);
-    let mut slow = load::fixed_rate(format!("{base}/orders/sync"), args.sync_rate, args.sync_seconds).await?;
+    let mut slow =
+        load::fixed_rate(format!("{base}/orders/sync"), args.sync_rate, args.sync_seconds, args.users).await?;
     restored.abort();
 
     let (f50, f99) = (percentile(&mut fast.latencies, 50.0), percentile(&mut fast.latencies, 99.0));
@@ -245,7 +297,7 @@ async fn keep_nice(database: String, elsewhere: Vec<u32>, nice: i32, idle: Optio
         let elsewhere = elsewhere.clone();
         let idle = idle.clone();
         tokio::task::spawn_blocking(move || {
-            let testbed = roles::testbed_pids();
+            let testbed = roles::testbed_pids(&["kafka", "redis"]);
             roles::set_nice(&elsewhere, nice, true);
             roles::set_nice(&testbed, nice, true);
             roles::set_nice(&sessions, nice, false);

@@ -154,15 +154,16 @@ impl Drop for IdleGroup {
     }
 }
 
-/// The Kafka broker's and Redis' processes of the test bed (`$KH_TESTBED`).
-pub(crate) fn testbed_pids() -> Vec<u32> {
+/// The processes of the test bed (`$KH_TESTBED`) of the given kinds
+/// (`kafka`, `redis`, `postgres`).
+pub(crate) fn testbed_pids(kinds: &[&str]) -> Vec<u32> {
     let Ok(dir) = std::env::var("KH_TESTBED") else { return Vec::new() };
     let Ok(text) = std::fs::read_to_string(format!("{dir}/state.json")) else { return Vec::new() };
     let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
     let Some(components) = state["components"].as_object() else { return Vec::new() };
     components
         .values()
-        .filter(|c| matches!(c["kind"].as_str(), Some("kafka" | "redis")))
+        .filter(|c| c["kind"].as_str().is_some_and(|k| kinds.contains(&k)))
         .filter_map(|c| c["pid"].as_u64())
         .map(|p| p as u32)
         .collect()
