@@ -367,7 +367,15 @@ async fn a_burst_on_two_products_with_workers_and_relay_killed_dead_letters_noth
     assert_eq!(wait_settled(&system.db, Duration::from_secs(300)).await.unwrap(), 0, "orders still in flight");
     let ledger = ledger(&system);
     let a = audit(&system.db, &ledger).await.unwrap();
-    let counted = scalar(&system.db, "SELECT CAST(SUM(orders) AS BIGINT) FROM order_stats").await;
+    // Analytics is a projection of its own: it may still be catching up
+    // when the last order settles. Wait for it, then check its count.
+    let count = "SELECT CAST(COALESCE(SUM(orders), 0) AS BIGINT) FROM order_stats";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut counted = scalar(&system.db, count).await;
+    while counted < n as i64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        counted = scalar(&system.db, count).await;
+    }
     let deadlocks = deadlocks().await - deadlocks_before;
     print_audit(&format!("burst (killed at {at_kill} of {n} orders)"), &a, &ledger);
     println!(
