@@ -23,8 +23,19 @@ pub fn fresh(prefix: &str) -> String {
 
 /// Creates a topic and waits for its metadata.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_with(bootstrap, topic, partitions, &[]).await
+}
+
+/// Creates a topic with the topic-level settings `config` and waits for its
+/// metadata.
+pub async fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new = config.iter().fold(NewTopic::new(topic, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v));
     for r in admin.create_topics([&new], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
     }

@@ -28,8 +28,6 @@ use kafka_handler::extract::{Json, Metadata};
 use kafka_handler::middleware::DedupLayer;
 use kafka_handler_benches::{bootstrap, fresh, table};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use serde::Deserialize;
 
@@ -215,20 +213,13 @@ async fn run(bootstrap: &str, args: &Args, rate: u64, redis: Option<&str>) -> an
 
 /// Creates a topic whose records are stamped with the broker's append time.
 async fn create_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let new =
-        NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime");
-    for r in admin.create_topics([&new], &AdminOptions::new()).await? {
-        r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
-    }
-    for _ in 0..300 {
-        let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        if md.topics().first().is_some_and(|t| t.partitions().len() == PARTITIONS as usize) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("topic {topic} not ready")
+    kafka_handler_benches::create_topic_with(
+        bootstrap,
+        topic,
+        PARTITIONS,
+        &[("message.timestamp.type", "LogAppendTime")],
+    )
+    .await
 }
 
 /// The `q` quantile of sorted values (nearest rank), in ms.
